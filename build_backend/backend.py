@@ -1,0 +1,37 @@
+"""PEP 517 backend: setuptools, plus a build requirement on the torch that is installed where we install to.
+
+An isolated build (`pip install .`) runs in a fresh environment. Listing a bare `torch` there would make pip fetch
+the newest release (a multi-GB CUDA build) and compile against headers that do not match the torch the package
+will run with. We read the torch version from the target environment's site-packages (pip's isolation hides it
+from sys.path but not from sysconfig) and pin exactly that version, which pip takes from its cache or local wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from importlib import metadata
+
+from setuptools import build_meta as _orig
+from setuptools.build_meta import *  # noqa: F403  (re-export the whole PEP 517 interface)
+
+FALLBACK_TORCH = "torch==2.13.0"
+
+
+def _installed_torch_requirement() -> list[str]:
+    if os.environ.get("MAGVIT2_BUILD_EXT", "1") == "0":
+        return []
+    paths = [p for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]} if os.path.isdir(p)]
+    for dist in metadata.distributions(path=paths):
+        if (dist.metadata["Name"] or "").lower() == "torch":
+            public = dist.version.split("+")[0]
+            return [f"torch=={public}"]
+    return [FALLBACK_TORCH]
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return _orig.get_requires_for_build_wheel(config_settings) + _installed_torch_requirement()
+
+
+def get_requires_for_build_editable(config_settings=None):
+    return _orig.get_requires_for_build_editable(config_settings) + _installed_torch_requirement()

@@ -1,0 +1,37 @@
+"""The `magvit2::` op namespace: every schema is defined here, once.
+
+Kernels attach per dispatch key: the compiled extensions register `CPU` (csrc/cpu) and later `CUDA`; the plain-torch
+reference is registered as `CompositeExplicitAutograd`, so it serves every device type that has no kernel of its own
+(NPU through torch_npu, MPS, XPU, and CPU/CUDA when their extension is not selected).
+"""
+
+import torch
+
+NAMESPACE = "magvit2"
+
+lib = torch.library.Library(NAMESPACE, "DEF")
+
+SCHEMAS = {
+    # group_bits: bit counts of the index groups, summing to K (one group of K for a plain index).
+    # indices: (G, N) int64, row g = LSB-first index of group g.
+    "lfq_quantize": "lfq_quantize(Tensor z, int[] group_bits) -> (Tensor codes, Tensor indices)",
+    # Exact full-codebook LFQ entropies. avg = (2^Ka, 2^Kb) codebook average (code c = a + 2^Ka * b);
+    # prob_a / prob_b = (N, 2^Ka) / (N, 2^Kb) per-token probabilities of the two bit groups (saved for backward).
+    "lfq_entropy": (
+        "lfq_entropy(Tensor z, float inv_temperature, float eps) -> "
+        "(Tensor per_sample, Tensor codebook, Tensor avg, Tensor prob_a, Tensor prob_b)"
+    ),
+    "lfq_entropy_backward": (
+        "lfq_entropy_backward(Tensor grad_per_sample, Tensor grad_codebook, Tensor? grad_avg, Tensor z, "
+        "Tensor avg, Tensor prob_a, Tensor prob_b, float inv_temperature, float eps) -> Tensor"
+    ),
+}
+
+for _schema in SCHEMAS.values():
+    lib.define(_schema)
+
+OPS = tuple(SCHEMAS)
+
+
+def qualname(op: str) -> str:
+    return f"{NAMESPACE}::{op}"

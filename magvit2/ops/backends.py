@@ -1,0 +1,143 @@
+"""Backend registry: which implementation serves each op on each device type, chosen once at import.
+
+Order per device type (first that loads wins):
+    cpu:    cpu_ext -> reference
+    others: reference            (cuda, npu, mps, xpu, ...)
+
+`MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`) applies to every device type whose table
+lists it; `cpu:reference,cuda:reference` names one per device type. An automatic pick that cannot load falls back
+silently with one warning; a forced pick that cannot load raises with the reason. `magvit2 info` prints the table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from magvit2.ops._library import OPS, qualname
+
+ENV = "MAGVIT2_BACKEND"
+ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu_ext", "reference"), "*": ("reference",)}
+DEVICE_TYPES = ("cpu", "cuda", "npu")
+DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+
+
+def _order(device_type: str) -> tuple[str, ...]:
+    return ORDER.get(device_type, ORDER["*"])
+
+
+def known_backends() -> set[str]:
+    return {name for order in ORDER.values() for name in order}
+
+
+def parse_env(value: str | None) -> dict[str, str]:
+    """`MAGVIT2_BACKEND` -> {device_type or '*': backend}. Raises ValueError naming the variable on bad input."""
+    if not value:
+        return {}
+    forced: dict[str, str] = {}
+    for part in value.split(","):
+        part = part.strip()
+        device, _, name = part.rpartition(":")
+        device = device or "*"
+        if name not in known_backends():
+            raise ValueError(f"{ENV}={value!r}: unknown backend {name!r}; valid: {sorted(known_backends())}")
+        if device != "*" and name not in _order(device):
+            raise ValueError(f"{ENV}={value!r}: backend {name!r} cannot serve device type {device!r}")
+        forced[device] = name
+    return forced
+
+
+def _load_cpu_ext() -> str:
+    importlib.import_module("magvit2._C")
+    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CPU")]
+    if missing:
+        raise ImportError(f"magvit2._C has no CPU kernel for {missing} (stale build? reinstall the package)")
+    return f"compiled extension magvit2._C ({torch.get_num_threads()} threads)"
+
+
+LOADERS = {"cpu_ext": _load_cpu_ext, "reference": lambda: "plain-torch reference (magvit2/ops/reference.py)"}
+
+
+def select(env_value: str | None = None) -> dict[str, Choice]:
+    """Load backends and return the choice per device type. Registration is global, so this runs once."""
+    forced = parse_env(env_value)
+    table: dict[str, Choice] = {}
+    fallbacks: list[str] = []
+    for device in DEVICE_TYPES:
+        name = forced.get(device) or (forced.get("*") if forced.get("*") in _order(device) else None)
+        if name is not None:
+            try:
+                table[device] = Choice(name, f"forced by {ENV}; " + LOADERS[name]())
+            except Exception as exc:
+                raise RuntimeError(f"{ENV} asks for {name!r} on {device}, which cannot run: {exc}") from exc
+            continue
+        skipped = []
+        for candidate in _order(device):
+            try:
+                table[device] = Choice(candidate, LOADERS[candidate]() + "".join(f"; {s}" for s in skipped))
+                break
+            except Exception as exc:
+                skipped.append(f"{candidate} unavailable: {exc}")
+        if skipped:
+            fallbacks.append(f"{device}: {'; '.join(skipped)}")
+    if fallbacks:
+        warnings.warn(
+            "magvit2: falling back to the plain-torch reference (" + " | ".join(fallbacks) + ")",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return table
+
+
+_TABLE: dict[str, Choice] = {}
+
+
+def init() -> None:
+    _TABLE.update(select(os.environ.get(ENV)))
+
+
+def table() -> dict[str, Choice]:
+    return dict(_TABLE)
+
+
+def serving(op: str, device_type: str) -> str:
+    """Name of the backend that serves `op` on `device_type`, read back from the dispatcher."""
+    key = DISPATCH_KEY.get(device_type)
+    if key and torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key):
+        return _TABLE.get(device_type, Choice("reference", "")).backend
+    return "reference"
+
+
+def device_available(device_type: str) -> bool:
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    module = getattr(torch, device_type, None)
+    return bool(module is not None and getattr(module, "is_available", lambda: False)())
+
+
+def info_lines() -> list[str]:
+    """Human-readable table for `magvit2 info`."""
+    lines = [
+        f"torch {torch.__version__}   {ENV}={os.environ.get(ENV, '') or '(unset)'}",
+        f"{'op':<22}{'device':<8}{'available':<11}{'backend':<11}why",
+    ]
+    for op in OPS:
+        for device in DEVICE_TYPES:
+            choice = _TABLE.get(device, Choice("reference", ""))
+            name = serving(op, device)
+            why = choice.reason if name == choice.backend else "no device kernel registered; reference serves"
+            avail = "yes" if device_available(device) else "no"
+            lines.append(f"{op:<22}{device:<8}{avail:<11}{name:<11}{why}")
+    return lines

@@ -1,0 +1,204 @@
+"""Public LFQ ops: bit quantization and the exact full-codebook entropy, with fake and autograd registrations."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from magvit2.ops._library import qualname
+from magvit2.ops.reference import codebook_entropy, opmath_dtype, split_bits
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_INDEX_BITS = 62  # one int64 index, sign bit and one spare bit left alone
+MAX_ENTROPY_BITS = 24  # the codebook average holds 2^K floats (64 MiB at K = 24)
+
+
+class LFQCodes(NamedTuple):
+    codes: torch.Tensor
+    indices: torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class LFQEntropy(NamedTuple):
+    per_sample_entropy: torch.Tensor
+    codebook_entropy: torch.Tensor
+
+
+def _check_latents(fn: str, z: object) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{fn}: z must be a torch.Tensor of shape (N, K), got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"{fn}: z must be 2-D (N, K), got shape {tuple(z.shape)}")
+    if z.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{fn}: z must be float16, bfloat16, float32 or float64, got {z.dtype}")
+    if z.shape[1] < 1:
+        raise ValueError(f"{fn}: z must have K >= 1 channels, got shape {tuple(z.shape)}")
+
+
+def _group_bits(k: int, factorized_bits) -> list[int]:
+    if factorized_bits is None:
+        if k > MAX_INDEX_BITS:
+            raise ValueError(
+                f"lfq_quantize: K = {k} channels do not fit one int64 index (K <= {MAX_INDEX_BITS}); "
+                "pass factorized_bits to split them"
+            )
+        return [k]
+    bits = list(factorized_bits)
+    if not bits or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in bits):
+        raise ValueError(f"lfq_quantize: factorized_bits must be a non-empty list of positive ints, got {bits}")
+    if sum(bits) != k:
+        raise ValueError(f"lfq_quantize: factorized_bits {bits} sum to {sum(bits)}, but z has K = {k} channels")
+    if max(bits) > MAX_INDEX_BITS:
+        raise ValueError(f"lfq_quantize: each of factorized_bits must be <= {MAX_INDEX_BITS}, got {bits}")
+    return bits
+
+
+def lfq_quantize(z: torch.Tensor, factorized_bits: list[int] | None = None) -> LFQCodes:
+    """Binary LFQ quantization of latents z (N, K), any strides, float16/bfloat16/float32/float64.
+
+    Returns `codes` (N, K) in z.dtype, +1 where z > 0 else -1 (0 -> -1), and `indices`: int64 (N,) with bit i of
+    the index <-> channel i (LSB-first); with `factorized_bits=[k1, k2, ...]` a tuple of (N,) indices, one per group
+    of consecutive channels, each LSB-first over its own channels (Open-MAGVIT2 AR split [6, 12]: channels 0..5 and
+    6..17). Codes carry no gradient (apply the straight-through estimator outside).
+
+    Example:
+        >>> codes, idx = lfq_quantize(torch.tensor([[0.3, -1.0, 2.0]]))
+        >>> codes.tolist(), idx.tolist()
+        ([[1.0, -1.0, 1.0]], [5])
+    """
+    _check_latents("lfq_quantize", z)
+    bits = _group_bits(z.shape[1], factorized_bits)
+    codes, indices = torch.ops.magvit2.lfq_quantize.default(z, bits)
+    if factorized_bits is None:
+        return LFQCodes(codes, indices[0])
+    return LFQCodes(codes, tuple(indices.unbind(0)))
+
+
+def _check_entropy_args(fn: str, z: object, inv_temperature: float, eps: float | None = None) -> None:
+    _check_latents(fn, z)
+    if z.shape[1] > MAX_ENTROPY_BITS:
+        raise ValueError(
+            f"{fn}: K = {z.shape[1]} channels means a 2^{z.shape[1]}-entry codebook average; "
+            f"K <= {MAX_ENTROPY_BITS} is supported"
+        )
+    if not isinstance(inv_temperature, (int, float)) or not math.isfinite(inv_temperature) or inv_temperature <= 0:
+        raise ValueError(f"{fn}: inv_temperature must be a finite number > 0, got {inv_temperature!r}")
+    if eps is not None and (not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0):
+        raise ValueError(f"{fn}: eps must be a finite number >= 0, got {eps!r}")
+
+
+def lfq_entropy(
+    z: torch.Tensor,
+    inv_temperature: float = 100.0,
+    eps: float = 0.0,
+    group: torch.distributed.ProcessGroup | None = None,
+) -> LFQEntropy:
+    """Exact LFQ entropies of p(c|z) = softmax(2 * inv_temperature * <z, c>) over all 2^K codes c in {-1, 1}^K.
+
+    z: (N, K) latents, K <= 24, any float dtype. Returns scalar tensors (float64 for float64 input, else float32):
+    `per_sample_entropy` = mean over tokens of H(p(.|z)), `codebook_entropy` = -sum_c avg_c log(avg_c + eps) with
+    avg the mean of p over the tokens. eps = 1e-5 is the official objective; eps = 0 the true entropy. Memory is
+    O(N 2^ceil(K/2) + 2^K): the N x 2^K distribution is never built. Differentiable w.r.t. z.
+
+    group: a process group (or `torch.distributed.group.WORLD`) to take the codebook entropy of the concatenated
+    batch of every rank; the average is all-reduced with gradients. The per-sample term stays this rank's mean.
+
+    Example:
+        >>> z = torch.randn(2048, 18, requires_grad=True)
+        >>> ps, cb = lfq_entropy(z, 100.0, eps=1e-5)
+        >>> (ps - cb).backward()
+    """
+    _check_entropy_args("lfq_entropy", z, inv_temperature, eps)
+    per_sample, codebook, avg, _, _ = torch.ops.magvit2.lfq_entropy.default(z, float(inv_temperature), float(eps))
+    if group is None:
+        return LFQEntropy(per_sample, codebook)
+    return LFQEntropy(per_sample, codebook_entropy(_all_reduce_average(avg, z.shape[0], group), eps))
+
+
+def lfq_codebook_average(z: torch.Tensor, inv_temperature: float = 100.0) -> torch.Tensor:
+    """Mean of p(c|z) over the N tokens as a (2^Ka, 2^Kb) matrix, Ka = ceil(K/2): entry [a, b] is the probability
+    of code index a + 2^Ka * b. Differentiable; all-reduce it (with gradients) to build a global average, then
+    take `codebook_entropy(avg, eps)`."""
+    _check_entropy_args("lfq_codebook_average", z, inv_temperature)
+    return torch.ops.magvit2.lfq_entropy.default(z, float(inv_temperature), 0.0)[2]
+
+
+def _all_reduce_average(avg: torch.Tensor, n: int, group) -> torch.Tensor:
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    total = torch.tensor([float(n)], dtype=avg.dtype, device=avg.device)
+    dist.all_reduce(total, group=group)
+    # The functional all_reduce carries gradients back to every rank (a plain all_reduce would drop them).
+    summed = dist_fn.all_reduce(avg * n, group=group)
+    return summed / total.clamp_min(1.0)
+
+
+# --- fake kernels (torch.compile / meta tracing) -------------------------------------------------------------------
+
+
+@torch.library.register_fake(qualname("lfq_quantize"))
+def _(z, group_bits):
+    return z.new_empty(z.shape), z.new_empty((len(group_bits), z.shape[0]), dtype=torch.int64)
+
+
+@torch.library.register_fake(qualname("lfq_entropy"))
+def _(z, inv_temperature, eps):
+    n, k = z.shape
+    ka, kb = split_bits(k)
+    dtype = opmath_dtype(z.dtype)
+    return (
+        z.new_empty((), dtype=dtype),
+        z.new_empty((), dtype=dtype),
+        z.new_empty((2**ka, 2**kb), dtype=dtype),
+        z.new_empty((n, 2**ka), dtype=dtype),
+        z.new_empty((n, 2**kb), dtype=dtype),
+    )
+
+
+@torch.library.register_fake(qualname("lfq_entropy_backward"))
+def _(grad_per_sample, grad_codebook, grad_avg, z, avg, prob_a, prob_b, inv_temperature, eps):
+    return z.new_empty(z.shape)
+
+
+# --- autograd --------------------------------------------------------------------------------------------------------
+
+
+def _quantize_setup(ctx, inputs, output):
+    pass
+
+
+def _quantize_backward(ctx, grad_codes, grad_indices):
+    # The derivative of sign() is 0 almost everywhere: no gradient flows (use a straight-through estimator).
+    return None, None
+
+
+torch.library.register_autograd(qualname("lfq_quantize"), _quantize_backward, setup_context=_quantize_setup)
+
+
+def _entropy_setup(ctx, inputs, output):
+    z, inv_temperature, eps = inputs
+    _, _, avg, prob_a, prob_b = output
+    ctx.save_for_backward(z, avg, prob_a, prob_b)
+    ctx.inv_temperature, ctx.eps = inv_temperature, eps
+
+
+def _entropy_backward(ctx, grad_per_sample, grad_codebook, grad_avg, grad_prob_a, grad_prob_b):
+    z, avg, prob_a, prob_b = ctx.saved_tensors
+    zero = avg.new_zeros(())
+    grad_z = torch.ops.magvit2.lfq_entropy_backward.default(
+        zero if grad_per_sample is None else grad_per_sample,
+        zero if grad_codebook is None else grad_codebook,
+        grad_avg,
+        z,
+        avg,
+        prob_a,
+        prob_b,
+        ctx.inv_temperature,
+        ctx.eps,
+    )
+    return grad_z, None, None
+
+
+torch.library.register_autograd(qualname("lfq_entropy"), _entropy_backward, setup_context=_entropy_setup)
