@@ -17,12 +17,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def extensions():
     if os.environ.get("MAGVIT2_BUILD_EXT", "1") == "0":
         return [], {}
+    if os.environ.get("MAGVIT2_REQUIREMENTS_ONLY") == "1":  # set by build_backend while torch is not yet installed
+        return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     debug = os.environ.get("MAGVIT2_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it silently runs on one thread.
-    cxx = [*opt, "-fopenmp", "-std=c++17", "-fvisibility=hidden"]
+    cxx = [*opt, "-fopenmp", "-std=c++17", "-fvisibility=hidden", "-fno-strict-aliasing"]
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + ["csrc/module.cpp"]
     ext = CppExtension(
         "magvit2._C",

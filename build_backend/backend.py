@@ -16,6 +16,7 @@ from setuptools import build_meta as _orig
 from setuptools.build_meta import *  # noqa: F403  (re-export the whole PEP 517 interface)
 
 FALLBACK_TORCH = "torch==2.13.0"
+REQUIREMENTS_ONLY = "MAGVIT2_REQUIREMENTS_ONLY"
 
 
 def _installed_torch_requirement() -> list[str]:
@@ -29,9 +30,19 @@ def _installed_torch_requirement() -> list[str]:
     return [FALLBACK_TORCH]
 
 
+def _setuptools_requires(hook, config_settings) -> list[str]:
+    # setuptools runs setup.py to collect requirements, before torch is in the build environment: tell setup.py not
+    # to import torch (REQUIREMENTS_ONLY), the real build then runs with torch installed.
+    os.environ[REQUIREMENTS_ONLY] = "1"
+    try:
+        return hook(config_settings)
+    finally:
+        del os.environ[REQUIREMENTS_ONLY]
+
+
 def get_requires_for_build_wheel(config_settings=None):
-    return _orig.get_requires_for_build_wheel(config_settings) + _installed_torch_requirement()
+    return _setuptools_requires(_orig.get_requires_for_build_wheel, config_settings) + _installed_torch_requirement()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _orig.get_requires_for_build_editable(config_settings) + _installed_torch_requirement()
+    return _setuptools_requires(_orig.get_requires_for_build_editable, config_settings) + _installed_torch_requirement()

@@ -1,13 +1,12 @@
 """The kernel layer: public functional ops in the `magvit2::` namespace, backends chosen at import by device type.
 
-    lfq_quantize(z, factorized_bits=None) -> (codes, indices)
-    lfq_entropy(z, inv_temperature=100.0, eps=0.0, group=None) -> (per_sample_entropy, codebook_entropy)
-    lfq_codebook_average(z, inv_temperature=100.0) -> (2^Ka, 2^Kb) average code distribution
-    codebook_entropy(avg, eps=0.0) -> -sum avg log(avg + eps)
+lfq_quantize(z, factorized_bits=None) -> (codes, indices)
+lfq_entropy(z, inv_temperature=100.0, eps=0.0, group=None) -> (per_sample_entropy, codebook_entropy)
+lfq_codebook_average(z, inv_temperature=100.0) -> (2^Ka, 2^Kb) average code distribution
+codebook_entropy(avg, eps=0.0) -> -sum avg log(avg + eps)
 """
 
-from magvit2.ops import _library, reference  # noqa: F401  (schemas first, then the reference kernels)
-from magvit2.ops import backends
+from magvit2.ops import _library, backends, reference  # noqa: F401  (schemas first, then the reference kernels)
 from magvit2.ops.lfq import (
     LFQCodes,
     LFQEntropy,

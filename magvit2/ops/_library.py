@@ -15,15 +15,14 @@ SCHEMAS = {
     # group_bits: bit counts of the index groups, summing to K (one group of K for a plain index).
     # indices: (G, N) int64, row g = LSB-first index of group g.
     "lfq_quantize": "lfq_quantize(Tensor z, int[] group_bits) -> (Tensor codes, Tensor indices)",
-    # Exact full-codebook LFQ entropies. avg = (2^Ka, 2^Kb) codebook average (code c = a + 2^Ka * b);
-    # prob_a / prob_b = (N, 2^Ka) / (N, 2^Kb) per-token probabilities of the two bit groups (saved for backward).
+    # Exact full-codebook LFQ entropies. avg = (2^Ka, 2^Kb) codebook average (code c = a + 2^Ka * b), Ka = ceil(K/2).
+    # The backward needs only z and avg: the per-token group probabilities are rebuilt, never stored.
     "lfq_entropy": (
-        "lfq_entropy(Tensor z, float inv_temperature, float eps) -> "
-        "(Tensor per_sample, Tensor codebook, Tensor avg, Tensor prob_a, Tensor prob_b)"
+        "lfq_entropy(Tensor z, float inv_temperature, float eps) -> (Tensor per_sample, Tensor codebook, Tensor avg)"
     ),
     "lfq_entropy_backward": (
         "lfq_entropy_backward(Tensor grad_per_sample, Tensor grad_codebook, Tensor? grad_avg, Tensor z, "
-        "Tensor avg, Tensor prob_a, Tensor prob_b, float inv_temperature, float eps) -> Tensor"
+        "Tensor avg, float inv_temperature, float eps) -> Tensor"
     ),
 }
 

@@ -110,7 +110,7 @@ def lfq_entropy(
         >>> (ps - cb).backward()
     """
     _check_entropy_args("lfq_entropy", z, inv_temperature, eps)
-    per_sample, codebook, avg, _, _ = torch.ops.magvit2.lfq_entropy.default(z, float(inv_temperature), float(eps))
+    per_sample, codebook, avg = torch.ops.magvit2.lfq_entropy.default(z, float(inv_temperature), float(eps))
     if group is None:
         return LFQEntropy(per_sample, codebook)
     return LFQEntropy(per_sample, codebook_entropy(_all_reduce_average(avg, z.shape[0], group), eps))
@@ -148,17 +148,11 @@ def _(z, inv_temperature, eps):
     n, k = z.shape
     ka, kb = split_bits(k)
     dtype = opmath_dtype(z.dtype)
-    return (
-        z.new_empty((), dtype=dtype),
-        z.new_empty((), dtype=dtype),
-        z.new_empty((2**ka, 2**kb), dtype=dtype),
-        z.new_empty((n, 2**ka), dtype=dtype),
-        z.new_empty((n, 2**kb), dtype=dtype),
-    )
+    return z.new_empty((), dtype=dtype), z.new_empty((), dtype=dtype), z.new_empty((2**ka, 2**kb), dtype=dtype)
 
 
 @torch.library.register_fake(qualname("lfq_entropy_backward"))
-def _(grad_per_sample, grad_codebook, grad_avg, z, avg, prob_a, prob_b, inv_temperature, eps):
+def _(grad_per_sample, grad_codebook, grad_avg, z, avg, inv_temperature, eps):
     return z.new_empty(z.shape)
 
 
@@ -179,13 +173,13 @@ torch.library.register_autograd(qualname("lfq_quantize"), _quantize_backward, se
 
 def _entropy_setup(ctx, inputs, output):
     z, inv_temperature, eps = inputs
-    _, _, avg, prob_a, prob_b = output
-    ctx.save_for_backward(z, avg, prob_a, prob_b)
+    _, _, avg = output
+    ctx.save_for_backward(z, avg)
     ctx.inv_temperature, ctx.eps = inv_temperature, eps
 
 
-def _entropy_backward(ctx, grad_per_sample, grad_codebook, grad_avg, grad_prob_a, grad_prob_b):
-    z, avg, prob_a, prob_b = ctx.saved_tensors
+def _entropy_backward(ctx, grad_per_sample, grad_codebook, grad_avg):
+    z, avg = ctx.saved_tensors
     zero = avg.new_zeros(())
     grad_z = torch.ops.magvit2.lfq_entropy_backward.default(
         zero if grad_per_sample is None else grad_per_sample,
@@ -193,8 +187,6 @@ def _entropy_backward(ctx, grad_per_sample, grad_codebook, grad_avg, grad_prob_a
         grad_avg,
         z,
         avg,
-        prob_a,
-        prob_b,
         ctx.inv_temperature,
         ctx.eps,
     )

@@ -71,22 +71,24 @@ def codebook_entropy(avg: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return -torch.xlogy(avg, avg + eps).sum()
 
 
-def lfq_entropy(
-    z: torch.Tensor, inv_temperature: float, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def lfq_entropy(z: torch.Tensor, inv_temperature: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact per-sample and codebook entropy of p(c|z) = softmax(2 t <z, c>) over all 2^K codes, O(N 2^(K/2)).
 
-    Returns (per_sample, codebook, avg, prob_a, prob_b); see the module docstring for the layout.
+    Returns (per_sample, codebook, avg); see the module docstring for the layout of avg.
     """
-    n, k = z.shape
-    ka, _ = split_bits(k)
+    n, _ = z.shape
     x = 4.0 * inv_temperature * z.to(opmath_dtype(z.dtype))
-    q1, q0 = torch.sigmoid(x), torch.sigmoid(-x)
     per_sample = binary_entropy_from_logits(x).sum(1).sum() / max(n, 1)
-    prob_a = bit_group_probs(q0[:, :ka], q1[:, :ka])
-    prob_b = bit_group_probs(q0[:, ka:], q1[:, ka:])
+    prob_a, prob_b = group_probs(x)
     avg = prob_a.t() @ prob_b / max(n, 1)  # (2^Ka, N) @ (N, 2^Kb)
-    return per_sample, codebook_entropy(avg, eps), avg, prob_a, prob_b
+    return per_sample, codebook_entropy(avg, eps), avg
+
+
+def group_probs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled logits x = 4 t z (N, K) -> P_A (N, 2^Ka), P_B (N, 2^Kb): probabilities of the low and high bit groups."""
+    ka, _ = split_bits(x.shape[1])
+    q1, q0 = torch.sigmoid(x), torch.sigmoid(-x)
+    return bit_group_probs(q0[:, :ka], q1[:, :ka]), bit_group_probs(q0[:, ka:], q1[:, ka:])
 
 
 def codebook_entropy_grad(avg: torch.Tensor, eps: float) -> torch.Tensor:
@@ -103,8 +105,6 @@ def lfq_entropy_backward(
     grad_avg: torch.Tensor | None,
     z: torch.Tensor,
     avg: torch.Tensor,
-    prob_a: torch.Tensor,
-    prob_b: torch.Tensor,
     inv_temperature: float,
     eps: float,
 ) -> torch.Tensor:
@@ -122,6 +122,7 @@ def lfq_entropy_backward(
     if grad_avg is not None:
         d_avg = d_avg + grad_avg
     d_avg = d_avg / max(n, 1)
+    prob_a, prob_b = group_probs(x)
     g_a = (prob_b @ d_avg.t()) * prob_a  # (N, 2^Ka): dL/dlog P_A
     g_b = (prob_a @ d_avg) * prob_b  # (N, 2^Kb)
     bits_a = index_to_bits(ka, device=z.device, dtype=avg.dtype)

@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++17 compiler):
+#   make demo   venv + torch + build + the main job on the embedded default data
+#   make test   the same set-up, then the tests and a smoke run of the benchmarks (what CI runs: .ci/run)
+# `make bench` runs the benchmarks at full size (MAGVIT2_BENCH_FULL=1; needs ~14 GB RAM for the naive baseline).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+export MAX_JOBS ?= 2
+
+.PHONY: setup demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# --no-build-isolation: the extension compiles against the torch installed here (see README, Install).
+setup: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)" numpy setuptools wheel ninja
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+
+demo: setup
+	$(BIN)/magvit2 info
+	$(BIN)/python examples/lfq_ops.py
+
+test: setup
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest benchmarks --benchmark-disable -q
+
+bench: setup
+	MAGVIT2_BENCH_FULL=1 $(BIN)/python -m pytest benchmarks --benchmark-enable
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build build-cmake .benchmarks magvit2/_C*.so *.egg-info

@@ -1,0 +1,20 @@
+// Declarations of the CPU kernels, for the C++ test build (CMakeLists.txt) that calls them without Python.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace magvit2 {
+
+std::tuple<at::Tensor, at::Tensor> lfq_quantize_cpu(const at::Tensor& z, at::IntArrayRef group_bits);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lfq_entropy_cpu(const at::Tensor& z, double inv_temperature,
+                                                               double eps);
+
+at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at::Tensor& grad_codebook,
+                                    const std::optional<at::Tensor>& grad_avg, const at::Tensor& z,
+                                    const at::Tensor& avg, double inv_temperature, double eps);
+
+}  // namespace magvit2
