@@ -1,0 +1,59 @@
+"""Peak resident memory of one entropy forward+backward, above the process's own baseline, in a fresh process.
+
+    python benchmarks/memory.py ours|reference|naive N [K]
+
+Prints `PEAK_MIB <float>`. The high-water mark is reset (/proc/self/clear_refs = 5) after imports, inputs and a small
+warm-up call, so the figure is what the call itself adds: its tensors, autograd saves and workspaces.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _fwd_bwd(kind: str, z):
+    from magvit2 import ops
+    from magvit2.ops import reference
+
+    if kind == "ours":
+        ps, cb = ops.lfq_entropy(z, 100.0, 1e-5)
+    elif kind == "reference":
+        ps, cb, _ = reference.lfq_entropy(z, 100.0, 1e-5)
+    elif kind == "naive":
+        ps, cb = reference.lfq_entropy_naive(z, 100.0, 1e-5)
+    else:
+        raise ValueError(f"kind must be ours, reference or naive, got {kind!r}")
+    (ps - cb).backward()
+
+
+def main(kind: str, n: int, k: int = 18) -> float:
+    import torch
+
+    torch.manual_seed(0)
+    _fwd_bwd(kind, (torch.randn(8, k) * 0.05).requires_grad_())  # thread pools, BLAS buffers, op registration
+    z = (torch.randn(n, k) * 0.05).requires_grad_()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    _fwd_bwd(kind, z)
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def peak_mib(kind: str, n: int, k: int = 18) -> float:
+    """Run `main` in a fresh interpreter and return its peak MiB above baseline."""
+    out = subprocess.run(
+        [sys.executable, __file__, kind, str(n), str(k)], capture_output=True, text=True, check=True
+    ).stdout
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_MIB")))
+
+
+if __name__ == "__main__":
+    print(f"PEAK_MIB {main(sys.argv[1], int(sys.argv[2]), *(int(a) for a in sys.argv[3:])):.3f}")

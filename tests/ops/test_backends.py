@@ -1,0 +1,122 @@
+"""Backend registry: `magvit2 info`, MAGVIT2_BACKEND, and the fallback when the compiled extension is missing.
+
+Each case runs in a fresh interpreter: the choice is made once, at import.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from magvit2 import ops
+from magvit2.ops import backends
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import warnings, sys, torch
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import magvit2.ops as ops
+    import magvit2.ops  # a second import must not warn again
+print("WARNINGS", sum(issubclass(w.category, RuntimeWarning) for w in caught))
+for w in caught:
+    print("WARNING-TEXT", w.message)
+print("CPU", ops.backends.table()["cpu"].backend)
+torch.manual_seed(0)
+z = torch.randn(257, 18) * 0.05
+print("IDX", int(ops.lfq_quantize(z).indices.sum()))
+ps, cb = ops.lfq_entropy(z.double(), 100.0, 1e-5)
+print("ENT", repr(ps.item()), repr(cb.item()))
+"""
+
+
+def run(code: str, env_extra: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != backends.ENV}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def parse(out: str) -> dict[str, str]:
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
+
+
+def test_default_cpu_backend_is_the_extension():
+    assert backends.table()["cpu"].backend == "cpu_ext"
+    assert backends.serving("lfq_entropy", "cpu") == "cpu_ext"
+    assert backends.serving("lfq_entropy", "npu") == "reference"
+
+
+def test_info_lists_every_op_and_device():
+    out = subprocess.run([sys.executable, "-m", "magvit2.cli", "info"], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    for op in ("lfq_quantize", "lfq_entropy", "lfq_entropy_backward"):
+        rows = [line.split() for line in lines if line.startswith(op + " ")]
+        assert {r[1] for r in rows} == {"cpu", "cuda", "npu"}
+        assert next(r for r in rows if r[1] == "cpu")[3] == "cpu_ext"
+        assert next(r for r in rows if r[1] == "npu")[3] == "reference"
+
+
+def test_forced_reference_matches_extension():
+    default = parse(run(PROBE, {}).stdout)
+    forced = run(PROBE, {backends.ENV: "reference"})
+    assert forced.returncode == 0, forced.stderr
+    got = parse(forced.stdout)
+    assert default["CPU"] == "cpu_ext" and got["CPU"] == "reference" and got["WARNINGS"] == "0"
+    assert got["IDX"] == default["IDX"]
+    ps, cb = map(float, got["ENT"].split())
+    ps0, cb0 = map(float, default["ENT"].split())
+    assert ps == pytest.approx(ps0, rel=1e-10) and cb == pytest.approx(cb0, rel=1e-10)
+
+
+def test_forced_reference_runs_the_quantize_suite():
+    """The reference backend (the one NPU and every other device runs) passes the bit-exactness tests too."""
+    test = ROOT / "tests" / "ops" / "test_quantize.py"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(test), "-k", "K18 or factorized"],
+        env={**os.environ, backends.ENV: "cpu:reference"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0 and " passed" in out.stdout, out.stdout[-2000:]
+
+
+MISSING_EXT = "import sys; sys.modules['magvit2._C'] = None\n"
+
+
+def test_missing_extension_warns_once_and_falls_back():
+    out = run(PROBE, {}, prelude=MISSING_EXT)
+    assert out.returncode == 0, out.stderr
+    got = parse(out.stdout)
+    assert got["CPU"] == "reference" and got["WARNINGS"] == "1"
+    assert "falling back to the plain-torch reference" in got["WARNING-TEXT"]
+    assert got["IDX"] == parse(run(PROBE, {}).stdout)["IDX"]
+
+
+def test_forced_extension_missing_raises_with_reason():
+    out = run(PROBE, {backends.ENV: "cpu_ext"}, prelude=MISSING_EXT)
+    assert out.returncode != 0
+    assert "MAGVIT2_BACKEND asks for 'cpu_ext' on cpu, which cannot run" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["triton_gpu", "npu:cpu_ext", "cpu:nonsense"])
+def test_bad_backend_names_raise(value):
+    with pytest.raises(ValueError, match="MAGVIT2_BACKEND"):
+        backends.parse_env(value)
+    out = run("import magvit2.ops", {backends.ENV: value})
+    assert out.returncode != 0 and "MAGVIT2_BACKEND" in out.stderr
+
+
+def test_parse_env_forms():
+    assert backends.parse_env(None) == {}
+    assert backends.parse_env("reference") == {"*": "reference"}
+    assert backends.parse_env("cpu:reference, cuda:reference") == {"cpu": "reference", "cuda": "reference"}
+
+
+def test_ops_use_extension_in_this_process():
+    # The registered CPU kernel is what the public op calls (not the CompositeExplicitAutograd reference).
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("magvit2::lfq_quantize", "CPU")
+    assert ops.lfq_quantize(torch.tensor([[1.0, -1.0]])).indices.item() == 1
