@@ -1,0 +1,31 @@
+"""nn.Modules: the LFQ quantizer, the Open-MAGVIT2 encoder/decoder and the tokenizer, and checkpoint loading.
+
+Modules here call `magvit2.ops` for the LFQ kernels and never import the compiled extension.
+"""
+
+from magvit2.nn.blocks import AdaptiveGroupNorm, ResBlock, Upsampler, depth_to_space
+from magvit2.nn.checkpoint import CheckpointError, infer_config, load_checkpoint, safe_torch_load
+from magvit2.nn.decoder import Decoder
+from magvit2.nn.encoder import Encoder
+from magvit2.nn.quantizer import LFQ, LFQOutput
+from magvit2.nn.tokenizer import PRESETS, Tokenizer, TokenizerConfig, TokenizerEncoding, TokenizerOutput
+
+__all__ = [
+    "LFQ",
+    "PRESETS",
+    "AdaptiveGroupNorm",
+    "CheckpointError",
+    "Decoder",
+    "Encoder",
+    "LFQOutput",
+    "ResBlock",
+    "Tokenizer",
+    "TokenizerConfig",
+    "TokenizerEncoding",
+    "TokenizerOutput",
+    "Upsampler",
+    "depth_to_space",
+    "infer_config",
+    "load_checkpoint",
+    "safe_torch_load",
+]
