@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -16,17 +17,130 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bits(text: str) -> tuple[int, ...] | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 6,12 or 'none', got {text!r}") from None
+
+
+def _load_model(args: argparse.Namespace):
+    from magvit2.nn import load_checkpoint
+
+    return load_checkpoint(args.model, device=args.device)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from magvit2.nn.checkpoint import load_official, tokenizer_from_state
+
+    loaded = load_official(args.checkpoint, use_ema=not args.no_ema)
+    overrides = {} if args.factorized_bits == "auto" else {"factorized_bits": args.factorized_bits}
+    model = tokenizer_from_state(loaded, args.checkpoint, **overrides)
+    model.save_pretrained(args.outdir)
+    c = model.config
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"{args.checkpoint}: {loaded.source} weights{' (AR first_stage_model)' if loaded.is_ar else ''}, "
+        f"{len(loaded.state_dict)} tensors, {params:.2f}M parameters, {len(loaded.ignored)} other keys ignored"
+    )
+    print(
+        f"architecture: ch={c.ch} ch_mult={list(c.ch_mult)} num_res_blocks={c.num_res_blocks} "
+        f"z_channels={c.z_channels} (f={c.downsample_factor}); factorized_bits={c.factorized_bits}"
+    )
+    print(f"wrote {args.outdir}")
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from magvit2.data import reconstruct_files
+
+    model = _load_model(args)
+    results = reconstruct_files(model, args.images, args.out, size=args.size, device=args.device)
+    width = max(len(r.source) for r in results)
+    for r in results:
+        print(f"{r.source:<{width}}  {r.height}x{r.width}  tokens {r.grid[0]}x{r.grid[1]}  PSNR {r.psnr:.2f} dB")
+    finite = [r.psnr for r in results if math.isfinite(r.psnr)]
+    if finite:
+        print(f"mean PSNR {sum(finite) / len(finite):.2f} dB over {len(finite)} image(s); images in {args.out}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from magvit2.data import encode_folder
+
+    model = _load_model(args)
+    size = None if args.size == 0 else args.size
+    summary = encode_folder(
+        model,
+        args.data,
+        args.out,
+        size=size,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+        model_source=str(args.model),
+    )
+    print(
+        f"encoded {summary.num_images} images to {summary.grid[0]}x{summary.grid[1]} tokens in "
+        f"{summary.num_shards} shard(s); index {summary.index}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magvit2", description="Open-MAGVIT2 tokenizer and AR generation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="print which backend serves each op on each device type, and why")
     info.set_defaults(func=_info)
+
+    convert = commands.add_parser("convert", help="official Lightning .ckpt -> config.json + model.safetensors")
+    convert.add_argument("checkpoint", help="official tokenizer or AR checkpoint (read with weights_only=True)")
+    convert.add_argument("outdir", help="output model directory")
+    convert.add_argument("--no-ema", action="store_true", help="take the raw weights, not the model_ema.* ones")
+    convert.add_argument(
+        "--factorized-bits", type=_bits, default="auto", help="index groups, e.g. 6,12 or none (default: 6,12 for AR)"
+    )
+    convert.set_defaults(func=_convert)
+
+    model_help = "model directory (magvit2 convert / save_pretrained) or an official .ckpt"
+    rec = commands.add_parser("reconstruct", help="encode + decode images; side-by-side PNGs and per-image PSNR")
+    rec.add_argument("--model", required=True, help=model_help)
+    rec.add_argument("images", nargs="+", help="image files")
+    rec.add_argument("--out", required=True, help="output folder for <name>.png (original | reconstruction)")
+    rec.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize shorter side + center crop to SIZE (default: native size cropped to the factor)",
+    )
+    rec.add_argument("--device", default="cpu")
+    rec.set_defaults(func=_reconstruct)
+
+    enc = commands.add_parser("encode", help="a folder of images -> token shards for AR training")
+    enc.add_argument("--model", required=True, help=model_help)
+    enc.add_argument("--data", required=True, help="image folder (searched recursively)")
+    enc.add_argument("--out", required=True, help="new output folder (tokens.json + shard-*.safetensors)")
+    enc.add_argument("--size", type=int, default=256, help="resize shorter side + center crop (0: native size)")
+    enc.add_argument("--batch-size", type=int, default=16)
+    enc.add_argument("--shard-size", type=int, default=4096, help="images per shard")
+    enc.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    enc.add_argument("--device", default="cpu")
+    enc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    enc.set_defaults(func=_encode)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, no traceback
+        print(f"magvit2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

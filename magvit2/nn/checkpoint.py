@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from typing import Any, NamedTuple
 
 import torch
@@ -83,11 +85,32 @@ def _listing(keys: list[str]) -> str:
 
 
 def _unsafe_globals(path: str, message: str) -> list[str]:
+    """Globals a checkpoint names that torch's weights-only allowlist lacks, found without unpickling anything."""
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", message) or _scan_plain_pickle(path)
+
+
+def _scan_plain_pickle(path: str, limit: int = 1 << 26) -> list[str]:
+    """Statically list the globals of a plain pickle (pickletools reads opcodes; nothing is built or called)."""
+    names, strings = [], []
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint: the unpickler names the first global it refused
-        names = []
-    return list(names) or re.findall(r"GLOBAL ([\w.]+)", message)
+        with open(path, "rb") as f:
+            for op, arg, pos in pickletools.genops(f):
+                if pos > limit:
+                    break
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle (or a damaged one): report what was read before the bad opcode
+        pass
+    return [n for n in names if n not in ("torch._utils._rebuild_tensor_v2", "collections.OrderedDict")]
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
@@ -121,7 +144,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    if "WeightsUnpickler error:" in text:  # keep torch's reason, drop its advice to load without weights_only
+        text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+    text = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {text[:200]}"
 
 
 def _extract_state_dict(obj: Any, path: str) -> dict[str, Any]:
@@ -275,10 +301,17 @@ def load_checkpoint(
         loaded = map_official_state_dict(_safetensors_state(path), use_ema=use_ema)
     else:
         loaded = load_official(path, use_ema=use_ema)
+    return tokenizer_from_state(loaded, path, device=device, **config_overrides)
+
+
+def tokenizer_from_state(
+    loaded: LoadedState, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+) -> Tokenizer:
+    """A Tokenizer from mapped official weights: architecture from shapes, (6, 12) token split for AR files."""
     if loaded.is_ar:
         config_overrides.setdefault("factorized_bits", AR_FACTORIZED_BITS)
     config = infer_config(loaded.state_dict, **config_overrides)
-    return build_from_state(config, loaded.state_dict, path, device)
+    return build_from_state(config, loaded.state_dict, origin, device)
 
 
 def _sibling_config(path: str) -> str:

@@ -1,0 +1,130 @@
+"""Image files <-> tensors in [-1, 1], the official preprocessing, PSNR, and side-by-side reconstructions.
+
+Preprocessing follows the official evaluation (reference/open-magvit2.md §3.5-3.6): resize the shorter side to
+`size` (PIL bilinear) and center-crop `size` x `size`; pixels scale as x / 127.5 - 1. PSNR is computed as the official
+script does: on uint8-quantised images rescaled to [0, 1], reconstructions clamped to [-1, 1] first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder` (recursive), sorted by relative path so runs are reproducible."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return files
+
+
+def _center_crop(img, width: int, height: int):
+    left = int(round((img.width - width) / 2.0))
+    top = int(round((img.height - height) / 2.0))
+    return img.crop((left, top, left + width, top + height))
+
+
+def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of: int = 1) -> torch.Tensor:
+    """Read an image as (3, H, W) float32 in [-1, 1] (grayscale, palette and alpha images become RGB).
+
+    size: resize the shorter side to `size` and center-crop size x size (must be a multiple of `multiple_of`);
+    None keeps the native size, center-cropped down to multiples of `multiple_of`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    if size is not None:
+        if size < multiple_of or size % multiple_of:
+            raise ValueError(f"size {size} must be a positive multiple of the downsampling factor {multiple_of}")
+        w, h = img.width, img.height  # torchvision Resize(size): shorter side -> size, longer side truncated
+        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        img = _center_crop(img.resize(new, Image.BILINEAR), size, size)
+    else:
+        w, h = img.width // multiple_of * multiple_of, img.height // multiple_of * multiple_of
+        if w == 0 or h == 0:
+            raise ValueError(f"image {path} ({img.width}x{img.height}) is smaller than the factor {multiple_of}")
+        img = _center_crop(img, w, h)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] (clamped) -> (H, W, 3) uint8."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images on the [0, 1] scale (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Map-style dataset of preprocessed images: item i = ((3, H, W) tensor, i). For DataLoader workers."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, size: int | None, multiple_of: int) -> None:
+        self.paths, self.size, self.multiple_of = list(paths), size, multiple_of
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return load_image(self.paths[i], size=self.size, multiple_of=self.multiple_of), i
+
+
+class ReconstructionResult(NamedTuple):
+    source: str
+    output: str  # side-by-side PNG: original | reconstruction
+    height: int
+    width: int
+    grid: tuple[int, int]  # token grid (h, w)
+    psnr: float
+
+
+@torch.inference_mode()
+def reconstruct_files(
+    model,
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[ReconstructionResult]:
+    """Encode and decode each image (one at a time: sizes may differ); write `<stem>.png` side by side."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = model.downsample_factor
+    results, used = [], set()
+    for path in paths:
+        x = load_image(path, size=size, multiple_of=f).to(device)
+        quantized, indices = model.encode(x[None])
+        rec = model.decode(quantized)[0]
+        original, restored = to_uint8(x), to_uint8(rec)
+        name = Path(path).stem
+        while name in used:  # same stem from different folders: keep every output
+            name += "_"
+        used.add(name)
+        target = out / f"{name}.png"
+        Image.fromarray(np.concatenate([original, restored], axis=1)).save(target)
+        grid = tuple((indices[0] if isinstance(indices, tuple) else indices).shape[-2:])
+        h, w = original.shape[:2]
+        results.append(ReconstructionResult(str(path), str(target), h, w, grid, psnr_uint8(original, restored)))
+    return results
