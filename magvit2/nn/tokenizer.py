@@ -167,7 +167,7 @@ class Tokenizer(nn.Module):
                 f"Tokenizer: image size {h}x{w} is not a positive multiple of the downsampling factor {f} "
                 f"(crop or resize to e.g. {max(f, h // f * f)}x{max(f, w // f * f)})"
             )
-        if torch.compiler.is_compiling() or x.numel() == 0:
+        if torch.compiler.is_compiling() or x.numel() == 0 or x.is_meta:
             return
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
         if not (math.isfinite(lo) and math.isfinite(hi)):
