@@ -17,9 +17,9 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bits(text: str) -> tuple[int, ...] | None:
-    if text.lower() == "none":
-        return None
+def _bits(text: str) -> tuple[int, ...] | str | None:
+    if text.lower() in ("none", "auto"):
+        return None if text.lower() == "none" else "auto"
     try:
         return tuple(int(b) for b in text.split(","))
     except ValueError:
