@@ -1,7 +1,7 @@
 """Tokenizer encode + decode throughput (images/s): eager vs torch.compile vs channels_last (and both), inference.
 
 Smoke (default): a 2-level model, batch 2 at 32 x 32. MAGVIT2_BENCH_FULL=1: open-magvit2-256-L, batch 4 at
-256 x 256 (about 2.2 TFLOP per call; minutes on a 2-core CPU). Every variant is checked against eager: encoder
+256 x 256 (2.3 TFLOP per call; minutes on a 2-core CPU). Every variant is checked against eager: encoder
 latents and the decoder output for the same codes must agree. Ratios are interleaved in one test (conftest) and a
 table is printed; peak memory is the resident high-water mark one call adds above the process baseline.
 """
