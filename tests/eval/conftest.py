@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from magvit2.eval import InceptionV3FID
+
 skimage_data = pytest.importorskip("skimage.data")
 
 
@@ -23,3 +25,30 @@ def photo_crops(size: int, count: int) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def crops64() -> torch.Tensor:
     return photo_crops(64, 6)
+
+
+def _he_init(net: InceptionV3FID, seed: int = 0) -> InceptionV3FID:
+    """Variance-preserving random weights and BN statistics, so activations stay O(1) through the 94 convs
+    (the default init shrinks the pool3 features to ~1e-8) and the tests compare meaningful numbers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("conv.weight"):
+                fan_in = t[0].numel()
+                t.copy_(torch.randn(t.shape, generator=g) * (2 / fan_in) ** 0.5)
+            elif name.endswith("bn.running_mean") or name.endswith("bn.bias"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.endswith("bn.running_var") or name.endswith("bn.weight"):
+                t.copy_(1 + 0.1 * torch.rand(t.shape, generator=g))
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def inception() -> InceptionV3FID:
+    """A randomly initialised FID Inception (no weights offline), shared because building it takes ~1 s."""
+    return _he_init(InceptionV3FID())
+
+
+@pytest.fixture(scope="session")
+def crops32() -> torch.Tensor:
+    return photo_crops(32, 6)

@@ -58,27 +58,6 @@ def _expected_keys() -> set[str]:
     return {f"{c}.{s}" for c in convs for s in suffixes} | {"fc.weight", "fc.bias"}
 
 
-def _he_init(net: InceptionV3FID, seed: int = 0) -> InceptionV3FID:
-    """Variance-preserving random weights and BN statistics, so activations stay O(1) through the 94 convs
-    (the default init shrinks the pool3 features to ~1e-8) and the tests compare meaningful numbers."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if name.endswith("conv.weight"):
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=g) * (2 / fan_in) ** 0.5)
-            elif name.endswith("bn.running_mean") or name.endswith("bn.bias"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            elif name.endswith("bn.running_var") or name.endswith("bn.weight"):
-                t.copy_(1 + 0.1 * torch.rand(t.shape, generator=g))
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def inception() -> InceptionV3FID:
-    return _he_init(InceptionV3FID())
-
-
 # --- InceptionV3FID -------------------------------------------------------------------------------------------------
 
 
