@@ -327,11 +327,17 @@ def _as_float64(x) -> torch.Tensor:
 
 
 def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-    """tr(sqrtm(s1 @ s2)) for symmetric PSD s1, s2: s1 s2 is similar to sqrt(s1) s2 sqrt(s1), which is symmetric PSD,
-    so its square root's trace is the sum of square roots of that matrix's eigenvalues (symmetric eigh, no sqrtm)."""
+    """tr(sqrtm(s1 @ s2)) for symmetric PSD s1, s2, with symmetric eigendecompositions only (no sqrtm).
+
+    s1 s2 is similar to sqrt(s1) s2 sqrt(s1), which is symmetric PSD, so the trace is the sum of square roots of its
+    eigenvalues. With s1 = V diag(w) V^T restricted to the r eigenvalues above rounding level, the nonzero eigenvalues
+    of that matrix are those of the r x r matrix diag(sqrt w) (V^T s2 V) diag(sqrt w): when s1 is singular (fewer
+    samples than feature dimensions) the second eigendecomposition is tiny instead of another D x D one.
+    """
     w, v = torch.linalg.eigh(s1)
-    root1 = (v * _drop_noise(w).sqrt()) @ v.T
-    m = root1 @ s2 @ root1
+    keep = _drop_noise(w) > 0
+    v, root = v[:, keep], w[keep].sqrt()  # (D, r), (r,)
+    m = root[:, None] * (v.T @ s2 @ v) * root[None, :]  # (r, r)
     return _drop_noise(torch.linalg.eigvalsh((m + m.T) / 2)).sqrt().sum()
 
 

@@ -74,13 +74,15 @@ def test_state_dict_layout_is_the_fid_weights_file(inception):
 
 @pytest.mark.parametrize("size", [64, 299])
 def test_features_shape(inception, size):
-    x = torch.rand(2, 3, size, size) * 2 - 1
+    batch = 2 if size == 64 else 1  # every input is resized to 299 first: one image is enough for the second case
+    x = torch.rand(batch, 3, size, size) * 2 - 1
     with torch.inference_mode():
         f = inception(x)
-    assert f.shape == (2, 2048) and f.dtype == torch.float32
+    assert f.shape == (batch, 2048) and f.dtype == torch.float32
     assert torch.isfinite(f).all() and (f >= 0).all()  # mean of ReLU outputs
-    assert f.std() > 1e-3  # not collapsed: the two images give different features
-    assert not torch.allclose(f[0], f[1])
+    assert f.std() > 1e-3  # not collapsed to a constant
+    if batch == 2:
+        assert not torch.allclose(f[0], f[1])
 
 
 def test_pool_branches_follow_the_tf_graph(inception):
@@ -108,30 +110,34 @@ def test_pool_branches_follow_the_tf_graph(inception):
 
 def test_from_file_round_trip(inception, tmp_path):
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(inception.state_dict(), path)
+    sd = dict(inception.state_dict())
+    sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = torch.tensor(0)  # as a newer PyTorch re-save has: ignored
+    torch.save(sd, path)
     loaded = InceptionV3FID.from_file(path)
     assert not loaded.training
+    for name, t in inception.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
     x = torch.rand(1, 3, 48, 48) * 2 - 1
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), inception(x), rtol=0, atol=0)
-    # a re-save by a newer PyTorch BatchNorm carries num_batches_tracked: ignored
-    sd = dict(inception.state_dict())
-    sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = torch.tensor(0)
-    torch.save(sd, path)
-    assert torch.equal(InceptionV3FID.from_file(path).fc.weight, inception.fc.weight)
+
+
+def _placeholders(inception) -> dict[str, torch.Tensor]:
+    """The right keys and shapes as zero-stride views: torch.save writes one element each, not 95 MB."""
+    return {k: torch.zeros((), dtype=t.dtype).expand(t.shape) for k, t in inception.state_dict().items()}
 
 
 def test_from_file_errors(inception, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"path .*nope\.pth.*pt_inception-2015-12-05-6726825d\.pth"):
         InceptionV3FID.from_file(tmp_path / "nope.pth")
-    sd = dict(inception.state_dict())
+    sd = _placeholders(inception)
     del sd["Mixed_7c.branch_pool.bn.running_var"]
     sd["AuxLogits.fc.weight"] = torch.zeros(1008, 768)
     torch.save(sd, tmp_path / "keys.pth")
     with pytest.raises(ValueError, match=r"1 missing key\(s\) \[Mixed_7c\.branch_pool\.bn\.running_var\].*"
                                          r"1 unexpected key\(s\) \[AuxLogits\.fc\.weight\]"):  # fmt: skip
         InceptionV3FID.from_file(tmp_path / "keys.pth")
-    sd = dict(inception.state_dict())
+    sd = _placeholders(inception)
     sd["fc.weight"] = torch.zeros(1000, 2048)
     torch.save(sd, tmp_path / "shape.pth")
     with pytest.raises(ValueError, match=r"fc\.weight \(1000, 2048\) \(expected \(1008, 2048\)\)"):
@@ -246,7 +252,7 @@ def test_diagonal_gaussians_closed_form():
     assert rot == pytest.approx(want, rel=1e-9)
 
 
-@pytest.mark.parametrize("d", [3, 64, 256])
+@pytest.mark.parametrize("d", [3, 40, 128])
 def test_matches_scipy_sqrtm(d):
     rng = np.random.default_rng(d)
     s1, s2 = _random_spd(d, rng), _random_spd(d, rng)
