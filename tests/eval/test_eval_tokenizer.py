@@ -112,17 +112,7 @@ class _MeanColor(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-@pytest.fixture
-def one_thread():
-    """The 2048 x 2048 eigendecomposition of the Fréchet distance, measured on this 2-core machine: 2-4 s with one
-    thread, 18-36 s with two while another process keeps a core busy (the LAPACK threads wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_rfid_with_inception(tiny, crops32, inception, one_thread):
+def test_rfid_with_inception(tiny, crops32, inception):
     x = crops32[:2]
     m = evaluate_tokenizer(tiny, [x[:1], x[1:]], inception=inception, progress=False)  # streamed over 2 batches
     assert m.rfid is not None and math.isfinite(m.rfid) and m.rfid > 1e-3
