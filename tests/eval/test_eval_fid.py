@@ -262,6 +262,12 @@ def test_matches_scipy_sqrtm(d):
     assert got == pytest.approx(want, rel=1e-8, abs=1e-8)
 
 
+def test_zero_covariance():
+    # every sample identical: sigma = 0, the distance is |mu1 - mu2|^2 + tr(sigma2)
+    assert frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), 2 * np.eye(3)) == pytest.approx(9.0)
+    assert frechet_distance(np.ones(3), 2 * np.eye(3), np.zeros(3), np.zeros((3, 3))) == pytest.approx(9.0)
+
+
 def test_shape_errors():
     mu, s = np.zeros(4), np.eye(4)
     with pytest.raises(ValueError, match="means"):
