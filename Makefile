@@ -22,7 +22,7 @@ setup: $(BIN)/python
 
 demo: setup
 	$(BIN)/magvit2 info
-	$(BIN)/python examples/lfq_ops.py
+	$(BIN)/magvit2 demo tokenizer --out demo-out
 
 test: setup
 	$(BIN)/python -m pytest tests
@@ -35,4 +35,4 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf build build-cmake .benchmarks magvit2/_C*.so *.egg-info
+	rm -rf build build-cmake .benchmarks magvit2/_C*.so *.egg-info demo-out

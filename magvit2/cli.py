@@ -91,6 +91,120 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    from magvit2.train.config import load_config
+    from magvit2.train.run import fit_tokenizer
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.train={args.data}")
+    for flag, key in (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
+                      ("max_steps", "trainer.max_steps"), ("accelerator", "trainer.accelerator"),
+                      ("precision", "trainer.precision")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    config = load_config(args.config, overrides)
+    trainer, module = fit_tokenizer(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if trainer.is_global_zero:
+        print(f"trained {module.batch_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from magvit2.train.export import export_checkpoint
+
+    model, source = export_checkpoint(args.checkpoint, args.outdir, use_ema=not args.no_ema)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{args.checkpoint}: {source} weights, {params:.2f}M parameters -> {args.outdir}")
+    return 0
+
+
+def _eval_tokenizer(args: argparse.Namespace) -> int:
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from magvit2.data import ImageFiles, list_images
+    from magvit2.eval import InceptionV3FID, evaluate_tokenizer, write_report
+
+    model = _load_model(args)
+    files = list_images(args.data)[: args.limit]
+    dataset = ImageFiles(files, size=args.size, multiple_of=model.downsample_factor)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    inception = InceptionV3FID.from_file(args.inception).to(args.device).eval() if args.inception else None
+    lpips = None
+    if args.lpips_backbone:
+        from magvit2.nn.lpips import LPIPS
+
+        lpips = LPIPS(backbone=args.lpips_backbone, heads=args.lpips_heads).to(args.device).eval()
+    metrics = evaluate_tokenizer(
+        model, loader, inception=inception, lpips=lpips, device=args.device, progress=not args.no_progress
+    )
+    write_report(metrics, metrics.counts, args.out)
+    print(json.dumps(metrics.to_dict(), indent=2))
+    print(f"wrote {args.out}/metrics.json and codebook_usage.png")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from magvit2.train.demo import run_demo, summary
+
+    metrics = run_demo(args.out, steps=args.steps, overrides=args.set or [], progress=not args.no_progress)
+    print(summary(metrics, args.out))
+    return 0
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="train a model on Lightning (single device, DDP, multi-node)")
+    what = train.add_subparsers(dest="what", required=True, metavar="MODEL")
+    tok = what.add_parser("tokenizer", help="tokenizer: GAN + perceptual + LFQ losses, EMA; checkpoints + logs")
+    tok.add_argument(
+        "--config", required=True, help="YAML file or preset: open-magvit2-256-L, open-magvit2-128-L, tiny"
+    )
+    tok.add_argument("--data", help="image folder: ImageNet layout (train/ and val/) or a plain folder")
+    tok.add_argument("--out", default="runs/tokenizer", help="run folder (checkpoints/, logs/, images/)")
+    tok.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if any)")
+    tok.add_argument("--devices", help="devices per node (int or 'auto')")
+    tok.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
+    tok.add_argument("--accelerator", help="cpu, gpu, npu or auto")
+    tok.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed (the LFQ stays fp32)")
+    tok.add_argument("--max-steps", type=int, help="training steps (one G and one D update each)")
+    tok.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    tok.add_argument("--no-progress", action="store_true")
+    tok.set_defaults(func=_train_tokenizer)
+
+    export = commands.add_parser("export", help="training .ckpt -> config.json + model.safetensors (EMA weights)")
+    export.add_argument("checkpoint", help="checkpoint written by magvit2 train tokenizer (or an official one)")
+    export.add_argument("outdir")
+    export.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA ones")
+    export.set_defaults(func=_export)
+
+    ev = commands.add_parser("eval", help="evaluate a model")
+    ev_what = ev.add_subparsers(dest="what", required=True, metavar="MODEL")
+    et = ev_what.add_parser("tokenizer", help="PSNR, SSIM, LPIPS, rFID, codebook utilization over an image folder")
+    et.add_argument("--model", required=True, help="model directory or checkpoint")
+    et.add_argument("--data", required=True, help="image folder (searched recursively)")
+    et.add_argument("--out", default="eval-out", help="folder for metrics.json and codebook_usage.png")
+    et.add_argument("--size", type=int, default=256, help="resize shorter side + center crop")
+    et.add_argument("--batch-size", type=int, default=8)
+    et.add_argument("--limit", type=int, default=None, help="first N images only")
+    et.add_argument("--inception", help="pytorch-fid weights pt_inception-2015-12-05-6726825d.pth (enables rFID)")
+    et.add_argument("--lpips-backbone", help="torchvision VGG16 weights file (enables LPIPS)")
+    et.add_argument("--lpips-heads", default="auto", help="LPIPS head weights (default: the copy in torchmetrics)")
+    et.add_argument("--workers", type=int, default=0)
+    et.add_argument("--device", default="cpu")
+    et.add_argument("--no-progress", action="store_true")
+    et.set_defaults(func=_eval_tokenizer)
+
+    demo = commands.add_parser("demo", help="train + evaluate the tiny tokenizer on the bundled photographs")
+    demo.add_argument("what", nargs="?", default="tokenizer", choices=["tokenizer"])
+    demo.add_argument("--out", default="demo-out")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the tiny preset's)")
+    demo.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a tiny-config value")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magvit2", description="Open-MAGVIT2 tokenizer and AR generation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--device", default="cpu")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     enc.set_defaults(func=_encode)
+    _add_train(commands)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""The tokenizer trainer end to end on real image files: configs, CLI training, checkpoints, export, resume."""
+
+import json
+
+import pytest
+import torch
+
+from magvit2.cli import main
+from magvit2.nn import load_checkpoint
+from magvit2.train import TokenizerModule, load_config, preset_names
+from magvit2.train.data import PhotoDataModule, available_photos, load_photo
+from magvit2.train.run import fit_tokenizer
+
+
+def test_presets_reproduce_the_official_recipes():
+    assert {"open-magvit2-256-L", "open-magvit2-128-L", "tiny"} <= set(preset_names())
+    c256, c128 = load_config("open-magvit2-256-L"), load_config("open-magvit2-128-L")
+    assert (c256.loss.lecam_weight, c128.loss.lecam_weight) == (0.05, 0.01)
+    assert (c256.optim.lr_drop_epochs, c128.optim.lr_drop_epochs) == ((200, 250), (250, 300))
+    assert (c256.trainer.max_epochs, c128.trainer.max_epochs) == (270, 350)
+    assert (c256.data.size, c128.data.size) == (256, 128)
+    for c in (c256, c128):
+        assert c.optim.lr == 1e-4 and c.optim.betas == (0.5, 0.9) and c.optim.ema_decay == 0.999
+        assert c.loss.gen_loss_weight == 0.1 and c.loss.disc_start == 0 and c.data.batch_size == 8
+        assert c.tokenizer_config().entropy_weight == 0.1 and c.tokenizer_config().commitment_weight == 0.25
+    assert c256.tokenizer_config().ch_mult == (1, 1, 2, 2, 4) and c128.tokenizer_config().ch_mult == (1, 2, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", r"optim: unknown key\(s\) \['lrr'\]; valid keys: \['lr'"),
+        ("model.chh=3", r"model: unknown key\(s\) \['chh'\]"),
+        ("model.preset=huge", "unknown preset 'huge'"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("loss.disc_loss=wgan", "disc_loss must be"),
+        ("trainer.precision=8-bit", "trainer.precision"),
+        ("data.batch_size=0", "data.batch_size must be a positive int"),
+        ("optimizer.lr=1", r"config: unknown section\(s\) \['optimizer'\]"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("tiny", [override])
+
+
+def test_unknown_config_source():
+    with pytest.raises(FileNotFoundError, match="no such preset"):
+        load_config("nope.yaml")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A folder of real photographs (PNG and JPEG) from scikit-image, one subfolder per 'class'."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(available_photos(("astronaut", "coffee", "rocket", "chelsea", "camera", "coins"))):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(load_photo(name, shorter_side=48)).save(folder / f"{name}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def test_cli_train_export_and_eval_on_image_folder(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["train", "tokenizer", "--config", "tiny", "--data", str(image_folder), "--out", str(out), "--max-steps", "4",
+         "--no-progress", "--set", "data.batch_size=2", "--set", "loss.disc_start=2",
+         "--set", "trainer.checkpoint_every_n_steps=2", "--set", "trainer.image_every_n_steps=2",
+         "--set", "trainer.log_every_n_steps=1"]
+    )  # fmt: skip
+    assert code == 0
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt", "step-000002.ckpt", "step-000004.ckpt"]
+    assert (out / "images" / "final.png").is_file() and (out / "logs" / "metrics.csv").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "logs").iterdir())  # TensorBoard
+
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["magvit2"]["batch_step"] == 4 and ckpt["magvit2"]["config"]["model"]["preset"] == "tiny"
+    sd = ckpt["state_dict"]
+    assert "model_ema.encoderconv_inweight" in sd and "loss.discriminator.main.0.weight" in sd
+    assert not torch.equal(sd["model_ema.encoderconv_inweight"], sd["encoder.conv_in.weight"])
+
+    ema = load_checkpoint(out / "checkpoints" / "last.ckpt")  # the official loader path, EMA preferred
+    torch.testing.assert_close(ema.state_dict()["encoder.conv_in.weight"], sd["model_ema.encoderconv_inweight"])
+    raw = load_checkpoint(out / "checkpoints" / "last.ckpt", use_ema=False)
+    torch.testing.assert_close(raw.state_dict()["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
+
+    assert main(["export", str(out / "checkpoints" / "last.ckpt"), str(tmp_path / "exported")]) == 0
+    exported = load_checkpoint(tmp_path / "exported")
+    torch.testing.assert_close(exported.state_dict()["decoder.conv_out.weight"], sd["model_ema.decoderconv_outweight"])
+    assert exported.config.ch == 32 and exported.config.entropy_weight == 0.1
+
+    capsys.readouterr()
+    assert main(["eval", "tokenizer", "--model", str(tmp_path / "exported"), "--data", str(image_folder),
+                 "--size", "32", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 6 and 0 < metrics["psnr"] < 60 and metrics["used_codes"] >= 1
+    assert (tmp_path / "eval" / "codebook_usage.png").is_file()
+
+
+def test_cli_train_errors(tmp_path, capsys):
+    assert (
+        main(["train", "tokenizer", "--config", "tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    )
+    assert "image folder not found" in capsys.readouterr().err
+    assert main(["train", "tokenizer", "--config", "tiny", "--out", str(tmp_path)]) == 2
+    assert "data.train is not set" in capsys.readouterr().err
+    assert main(["train", "tokenizer", "--config", "tiny", "--set", "optim.bogus=1", "--out", str(tmp_path)]) == 2
+    assert "valid keys" in capsys.readouterr().err
+
+
+def _fit(out, steps, resume=None):
+    config = load_config(
+        "tiny",
+        [f"trainer.max_steps={steps}", "trainer.checkpoint_every_n_steps=3", "trainer.image_every_n_steps=0",
+         "loss.disc_start=1", "data.batch_size=4", "optim.lr_drop_epochs=[1]", "optim.ema_decay=0.9"],
+    )  # fmt: skip
+    datamodule = PhotoDataModule(config.data, train_crops=12, val_crops=4)  # 3 steps per epoch
+    trainer, module = fit_tokenizer(config, out, datamodule=datamodule, progress=False, resume=resume)
+    return trainer, module
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    _, straight = _fit(tmp_path / "a", 6)
+    _, first = _fit(tmp_path / "b", 3)
+    assert first.batch_step == 3
+    trainer, resumed = _fit(tmp_path / "b", 6, resume="auto")
+    assert resumed.batch_step == straight.batch_step == 6
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:  # weights, discriminator (BN stats), EMA, LeCAM EMAs
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed.loss.lecam.ema_real.item() != 0.0
+    for oa, ob, steps in zip(straight.optimizers(), resumed.optimizers(), (6, 5), strict=True):  # D from step 1
+        assert oa.param_groups[0]["lr"] == ob.param_groups[0]["lr"] == pytest.approx(1e-4)  # dropped after epoch 1
+        sa, sb = oa.optimizer.state_dict()["state"], ob.optimizer.state_dict()["state"]
+        for i in sa:
+            torch.testing.assert_close(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], rtol=0, atol=0)
+            assert float(sa[i]["step"]) == float(sb[i]["step"]) == steps
+
+
+def test_module_state_dict_has_official_training_keys():
+    module = TokenizerModule(load_config("tiny"))
+    keys = list(module.state_dict())
+    assert all(k.startswith(("encoder.", "decoder.", "loss.", "model_ema.")) for k in keys)
+    assert {"model_ema.decay", "model_ema.num_updates", "loss.lecam.ema_real"} <= set(keys)
+    n_tok = sum(1 for k in keys if k.startswith(("encoder.", "decoder.")))
+    n_ema = sum(1 for k in keys if k.startswith("model_ema.")) - 2
+    assert n_ema == sum(1 for _ in module.tokenizer.parameters()) and n_tok >= n_ema
+
+
+def test_photo_crops_are_reproducible_and_held_out():
+    dm = PhotoDataModule(load_config("tiny").data, train_crops=8, val_crops=4)
+    dm.setup()
+    a = dm.train_set[3]
+    again = PhotoDataModule(load_config("tiny").data, train_crops=8, val_crops=4)
+    again.setup()
+    assert torch.equal(a, again.train_set[3]) and not torch.equal(a, dm.train_set[4])
+    assert a.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    train_pixels = {tuple(p[:2, :2].flatten().tolist()) for p in dm.train_set.photos}
+    assert all(tuple(p[:2, :2].flatten().tolist()) not in train_pixels for p in dm.val_set.photos)
