@@ -68,6 +68,7 @@ class TrainerConfig:
     image_every_n_steps: int = 1000  # reconstruction grid PNG of validation images (EMA weights)
     checkpoint_every_n_steps: int = 5000
     val_every_n_epochs: int = 1
+    val_every_n_steps: int | None = None  # validate every N training steps instead of at epoch ends
     grid_images: int = 8
 
     def __post_init__(self) -> None:

@@ -69,12 +69,13 @@ class ReconstructionGrid(Callback):
         self.save(trainer, pl_module, "final.png")
 
 
-def _accelerator(name: str) -> Any:
-    if name == "npu" or (name == "auto" and importlib.util.find_spec("torch_npu") is not None):
-        from magvit2.train.npu import NPUAccelerator
+def _uses_npu(name: str) -> bool:
+    return name == "npu" or (name == "auto" and importlib.util.find_spec("torch_npu") is not None)
 
-        return NPUAccelerator()
-    return name
+
+def next_log_version(folder: Path) -> int:
+    versions = [int(p.name[8:]) for p in folder.glob("version_*") if p.name[8:].isdigit()]
+    return max(versions, default=-1) + 1
 
 
 def build_trainer(
@@ -87,9 +88,10 @@ def build_trainer(
 ) -> L.Trainer:
     t = config.trainer
     out = Path(out_dir)
-    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(out, name="logs")]
+    version = next_log_version(out / "logs")  # both loggers write logs/version_N (a resumed run: the next N)
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(out, name="logs", version=version)]
     if importlib.util.find_spec("tensorboard") is not None:
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="logs", default_hp_metric=False))
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="logs", version=version, default_hp_metric=False))
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="step-{batches:06.0f}",
@@ -101,11 +103,18 @@ def build_trainer(
     grid = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
     devices, nodes = t.devices, t.num_nodes
     many = nodes > 1 or (isinstance(devices, int) and devices > 1) or os.environ.get("WORLD_SIZE", "1") != "1"
+    accelerator, plugins, backend = t.accelerator, [], None
+    if _uses_npu(t.accelerator):
+        from magvit2.train.npu import NPUAccelerator, npu_plugins
+
+        if not NPUAccelerator.is_available():
+            NPUAccelerator.auto_device_count()  # raises with the reason (torch_npu / CANN missing)
+        accelerator, plugins, backend = NPUAccelerator(), npu_plugins(t.precision), "hccl"
     if strategy is None and many:
         from lightning.pytorch.strategies import DDPStrategy
 
         # D-step backwards leave the tokenizer unused and vice versa: the official run uses the same flag.
-        strategy = DDPStrategy(find_unused_parameters=True)
+        strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=backend)
     import warnings
 
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
@@ -114,15 +123,17 @@ def build_trainer(
     bars = [TQDMProgressBar(refresh_rate=10)] if progress else []
     return L.Trainer(
         default_root_dir=out,
-        accelerator=_accelerator(t.accelerator),
+        accelerator=accelerator,
+        plugins=plugins or None,
         devices=devices,
         num_nodes=nodes,
         strategy=strategy or "auto",
-        precision=t.precision,
+        precision=None if plugins else t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps * OPTIMIZERS_PER_STEP if t.max_steps > 0 else -1,
         log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.val_every_n_epochs,
+        check_val_every_n_epoch=None if t.val_every_n_steps else t.val_every_n_epochs,
+        val_check_interval=t.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=loggers,
         callbacks=[checkpoints, grid, *bars, *callbacks],

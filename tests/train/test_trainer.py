@@ -73,8 +73,10 @@ def test_cli_train_export_and_eval_on_image_folder(image_folder, tmp_path, capsy
     assert code == 0
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["last.ckpt", "step-000002.ckpt", "step-000004.ckpt"]
-    assert (out / "images" / "final.png").is_file() and (out / "logs" / "metrics.csv").is_file()
-    assert any(p.name.startswith("events.out.tfevents") for p in (out / "logs").iterdir())  # TensorBoard
+    logs = out / "logs" / "version_0"
+    assert (out / "images" / "final.png").is_file() and (logs / "metrics.csv").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in logs.iterdir())  # TensorBoard
+    assert "train/l1" in (logs / "metrics.csv").read_text().splitlines()[0]
 
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["magvit2"]["batch_step"] == 4 and ckpt["magvit2"]["config"]["model"]["preset"] == "tiny"
@@ -87,16 +89,25 @@ def test_cli_train_export_and_eval_on_image_folder(image_folder, tmp_path, capsy
     raw = load_checkpoint(out / "checkpoints" / "last.ckpt", use_ema=False)
     torch.testing.assert_close(raw.state_dict()["encoder.conv_in.weight"], sd["encoder.conv_in.weight"])
 
+    assert main(["convert", str(out / "checkpoints" / "last.ckpt"), str(tmp_path / "converted")]) == 0
+    converted = load_checkpoint(tmp_path / "converted")
+    torch.testing.assert_close(converted.state_dict()["encoder.conv_in.weight"], sd["model_ema.encoderconv_inweight"])
     assert main(["export", str(out / "checkpoints" / "last.ckpt"), str(tmp_path / "exported")]) == 0
     exported = load_checkpoint(tmp_path / "exported")
     torch.testing.assert_close(exported.state_dict()["decoder.conv_out.weight"], sd["model_ema.decoderconv_outweight"])
     assert exported.config.ch == 32 and exported.config.entropy_weight == 0.1
 
+    from magvit2.eval import InceptionV3FID
+
+    torch.manual_seed(0)
+    torch.save(InceptionV3FID().state_dict(), tmp_path / "inception.pth")  # random weights: the real file is offline
     capsys.readouterr()
     assert main(["eval", "tokenizer", "--model", str(tmp_path / "exported"), "--data", str(image_folder),
-                 "--size", "32", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0  # fmt: skip
+                 "--size", "32", "--out", str(tmp_path / "eval"), "--no-progress",
+                 "--inception", str(tmp_path / "inception.pth")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_images"] == 6 and 0 < metrics["psnr"] < 60 and metrics["used_codes"] >= 1
+    assert metrics["rfid"] is not None and metrics["rfid"] > 0
     assert (tmp_path / "eval" / "codebook_usage.png").is_file()
 
 
@@ -161,3 +172,31 @@ def test_photo_crops_are_reproducible_and_held_out():
     assert a.shape == (3, 32, 32) and a.min() >= -1 and a.max() <= 1
     train_pixels = {tuple(p[:2, :2].flatten().tolist()) for p in dm.train_set.photos}
     assert all(tuple(p[:2, :2].flatten().tolist()) not in train_pixels for p in dm.val_set.photos)
+
+
+def test_npu_accelerator_without_torch_npu_is_a_clear_error(image_folder, tmp_path, capsys):
+    from magvit2.train.npu import NPUAccelerator
+
+    assert NPUAccelerator.parse_devices(2) == [0, 1] and NPUAccelerator.parse_devices("0,3") == [0, 3]
+    assert NPUAccelerator.is_available() is False  # no torch_npu on this machine
+    args = ["train", "tokenizer", "--config", "tiny", "--data", str(image_folder), "--out", str(tmp_path)]
+    assert main([*args, "--accelerator", "npu", "--no-progress"]) == 2
+    assert "needs torch_npu" in capsys.readouterr().err
+
+
+def test_bf16_mixed_training_keeps_the_lfq_in_fp32(tmp_path):
+    config = load_config("tiny", ["trainer.max_steps=2", "trainer.precision=bf16-mixed", "data.batch_size=2",
+                                  "trainer.image_every_n_steps=0", "loss.disc_start=0"])  # fmt: skip
+    datamodule = PhotoDataModule(config.data, train_crops=4, val_crops=2)
+    trainer, module = fit_tokenizer(config, tmp_path, datamodule=datamodule, progress=False)
+    assert module.batch_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/total"])
+    x = datamodule.train_set[0][None]
+    tok = module.tokenizer.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = tok.encoder(x)
+        lfq = tok.quantizer(z)
+    assert z.dtype == torch.bfloat16 and lfq.codebook_entropy.dtype == torch.float32
+    exact = type(tok.quantizer)(dim=18).train()(z.float())
+    assert lfq.codebook_entropy.item() == exact.codebook_entropy.item()
+    assert lfq.per_sample_entropy.item() == exact.per_sample_entropy.item()
