@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import skimage.data as skimage_data
 import torch
 
 from magvit2.eval import InceptionV3FID
-
-skimage_data = pytest.importorskip("skimage.data")
 
 
 def photo_crops(size: int, count: int) -> torch.Tensor:

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import scipy.linalg as scipy_linalg
 import torch
 import torch.nn.functional as F
 
 from magvit2.eval import FeatureStats, InceptionV3FID, frechet_distance
-
-scipy_linalg = pytest.importorskip("scipy.linalg")
 
 # Conv names of torchvision's Inception3 blocks (each is conv + bn) as pytorch-fid's FID variant uses them.
 STEM = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]

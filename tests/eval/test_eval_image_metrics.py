@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+import skimage.metrics as skmetrics
 import torch
 import torch.nn.functional as F
 
 from magvit2.data.images import psnr_uint8, to_uint8
 from magvit2.eval import psnr, quantize_uint8, ssim
-
-skmetrics = pytest.importorskip("skimage.metrics")
 
 
 def _degraded(x: torch.Tensor) -> dict[str, torch.Tensor]:
