@@ -13,7 +13,6 @@ placeholders that run no code, and nothing from them is used.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import pickletools
@@ -26,12 +25,16 @@ import torch
 
 from magvit2.nn.tokenizer import (
     CONFIG_NAME,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     PRESETS,
-    WEIGHTS_NAME,
     Tokenizer,
     TokenizerConfig,
+)
+from magvit2.nn.weights_io import (
+    CheckpointError,
+    _first_line,
+    _listing,
+    build_module,
+    load_safetensors,
 )
 
 AR_PREFIX = "first_stage_model."
@@ -52,11 +55,6 @@ METADATA_MODULES = (
     "pytorch_lightning.",
     "lightning_fabric.",
 )
-MAX_LISTED = 20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file and the keys."""
 
 
 class LoadedState(NamedTuple):
@@ -77,12 +75,6 @@ class _Inert:
 
     def __setstate__(self, state: Any) -> None:
         pass
-
-
-def _listing(keys: list[str]) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
-    return ", ".join(keys[:MAX_LISTED]) + more
 
 
 def _unsafe_globals(path: str, message: str) -> list[str]:
@@ -143,14 +135,6 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated download or another file type?): {_first_line(e)}"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    if "WeightsUnpickler error:" in text:  # keep torch's reason, drop its advice to load without weights_only
-        text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
-    text = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {text[:200]}"
 
 
 def _extract_state_dict(obj: Any, path: str) -> dict[str, Any]:
@@ -237,43 +221,6 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> TokenizerConf
         raise CheckpointError(f"inferred an invalid architecture {config}: {e}") from None
 
 
-def check_state_dict(model: torch.nn.Module, sd: dict[str, Any], origin: str) -> None:
-    """Raise CheckpointError listing missing, unexpected, non-tensor and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    not_tensor = [k for k in sd if k in expected and not isinstance(sd[k], torch.Tensor)]
-    shaped = [
-        f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in sd
-        if k in expected and isinstance(sd[k], torch.Tensor) and sd[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{label}: {_listing(keys)}"
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("not tensors", not_tensor),
-            ("mis-shaped", shaped),
-        )
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"{origin} does not fit the tokenizer: " + "; ".join(problems))
-
-
-def build_from_state(
-    config: TokenizerConfig, sd: dict[str, Any], origin: str, device: str | torch.device = "cpu"
-) -> Tokenizer:
-    """A Tokenizer holding `sd` (as float32 copies on `device`); built on the meta device, so no random init."""
-    with torch.device("meta"):
-        model = Tokenizer(config)
-    check_state_dict(model, sd, origin)
-    state = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in sd.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
-
-
 def load_official(path: str | os.PathLike, *, use_ema: bool = True) -> LoadedState:
     path = os.fspath(path)
     return map_official_state_dict(_extract_state_dict(safe_torch_load(path), path), use_ema=use_ema)
@@ -301,7 +248,7 @@ def load_checkpoint(
     if os.path.isdir(path) or (path.endswith(".safetensors") and os.path.isfile(_sibling_config(path))):
         return load_pretrained_dir(path if os.path.isdir(path) else os.path.dirname(path) or ".", device=device)
     if path.endswith(".safetensors"):
-        loaded = map_official_state_dict(_safetensors_state(path), use_ema=use_ema)
+        loaded = map_official_state_dict(load_safetensors(path), use_ema=use_ema)
     else:
         loaded = load_official(path, use_ema=use_ema)
     return tokenizer_from_state(loaded, path, device=device, **config_overrides)
@@ -321,39 +268,12 @@ def _sibling_config(path: str) -> str:
     return os.path.join(os.path.dirname(path) or ".", CONFIG_NAME)
 
 
-def _safetensors_state(path: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights not found: {path}")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {_first_line(e)}") from None
-
-
-def read_config_file(path: str) -> TokenizerConfig:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT_NAME:
-        raise CheckpointError(f'{path} is not a {FORMAT_NAME} config (no "format": "{FORMAT_NAME}")')
-    version = meta.pop("format_version", None)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (this magvit2 reads <= 1)")
-    try:
-        return TokenizerConfig.from_dict(meta)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
-
-
 def load_pretrained_dir(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:
-    directory = os.fspath(directory)
-    config = read_config_file(os.path.join(directory, CONFIG_NAME))
-    weights = os.path.join(directory, WEIGHTS_NAME)
-    return build_from_state(config, _safetensors_state(weights), weights, device)
+    return Tokenizer.from_pretrained(directory, device=device)
+
+
+def build_from_state(
+    config: TokenizerConfig, sd: dict[str, Any], origin: str, device: str | torch.device = "cpu"
+) -> Tokenizer:
+    """A Tokenizer holding `sd` (as float32 copies on `device`); built on the meta device, so no random init."""
+    return build_module(lambda: Tokenizer(config), sd, origin, device, what="the tokenizer")

@@ -21,6 +21,7 @@ from torch import nn
 from magvit2.nn.decoder import Decoder
 from magvit2.nn.encoder import Encoder
 from magvit2.nn.quantizer import LFQ, Indices, LFQOutput
+from magvit2.nn.weights_io import CheckpointError, build_module, load_safetensors, read_format_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -233,9 +234,17 @@ class Tokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:
         """Load a directory written by `save_pretrained` (or `magvit2 convert`). Errors name the bad file or key."""
-        from magvit2.nn.checkpoint import load_pretrained_dir
-
-        return load_pretrained_dir(directory, device=device)
+        directory = os.fspath(directory)
+        path = os.path.join(directory, CONFIG_NAME)
+        meta = read_format_json(
+            path, FORMAT_NAME, FORMAT_VERSION, f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+        try:
+            config = TokenizerConfig.from_dict(meta)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        return build_module(lambda: cls(config), load_safetensors(weights), weights, device)
 
 
 def _describe(x: object) -> str:

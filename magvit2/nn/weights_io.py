@@ -1,0 +1,105 @@
+"""Reading weight files safely and fitting them to a module: the pieces shared by our format
+(`Tokenizer.from_pretrained`) and the official-checkpoint loader (`checkpoint.py`). Imports no model module, so both
+can use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+MAX_LISTED = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file and the keys."""
+
+
+def _listing(keys: list[str]) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+    return ", ".join(keys[:MAX_LISTED]) + more
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:  # keep torch's reason, drop its advice to load without weights_only
+        text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+    text = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, Any], origin: str, what: str = "the tokenizer") -> None:
+    """Raise CheckpointError listing missing, unexpected, non-tensor and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    not_tensor = [k for k in sd if k in expected and not isinstance(sd[k], torch.Tensor)]
+    shaped = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sd
+        if k in expected and isinstance(sd[k], torch.Tensor) and sd[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{label}: {_listing(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("not tensors", not_tensor),
+            ("mis-shaped", shaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{origin} does not fit {what}: " + "; ".join(problems))
+
+
+def build_module(
+    factory: Callable[[], torch.nn.Module],
+    sd: dict[str, Any],
+    origin: str,
+    device: str | torch.device = "cpu",
+    *,
+    what: str = "the tokenizer",
+) -> Any:
+    """`factory()` built on the meta device (no random init), checked against `sd`, then given float32 copies of its
+    tensors on `device`; returned in eval mode."""
+    with torch.device("meta"):
+        model = factory()
+    check_state_dict(model, sd, origin, what)
+    state = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in sd.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights not found: {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {_first_line(e)}") from None
+
+
+def read_format_json(path: str, format_name: str, format_version: int, hint: str) -> dict[str, Any]:
+    """A `config.json` of our format without its "format"/"format_version" marks; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {hint}")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.pop("format", None) != format_name:
+        raise CheckpointError(f'{path} is not a {format_name} config (no "format": "{format_name}")')
+    version = meta.pop("format_version", None)
+    if not isinstance(version, int) or version > format_version:
+        raise CheckpointError(f"{path}: format_version {version!r} is not supported (this magvit2 reads <= 1)")
+    return meta
