@@ -200,3 +200,35 @@ def test_bf16_mixed_training_keeps_the_lfq_in_fp32(tmp_path):
     exact = type(tok.quantizer)(dim=18).train()(z.float())
     assert lfq.codebook_entropy.item() == exact.codebook_entropy.item()
     assert lfq.per_sample_entropy.item() == exact.per_sample_entropy.item()
+
+
+def test_image_datamodule_imagenet_layout_and_plain_folder(tmp_path):
+    from PIL import Image
+
+    from magvit2.train.config import DataConfig
+    from magvit2.train.data import ImageDataModule
+
+    for split, names in (("train", ("astronaut", "rocket", "coffee")), ("val", ("chelsea",))):
+        for name in names:
+            folder = tmp_path / "imagenet" / split / "n0001"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(load_photo(name, shorter_side=40)).save(folder / f"{name}.JPEG")
+    dm = ImageDataModule(DataConfig(train=str(tmp_path / "imagenet"), size=32, batch_size=2, num_workers=0))
+    assert dm.train_dir.name == "train" and dm.val_dir.name == "val"
+    dm.setup()
+    assert len(dm.train_set) == 3 and len(dm.val_set) == 1
+    files = [p.name for p in dm.train_set.paths]
+    rocket = files.index("rocket.JPEG")  # 427 x 640: resized to 32 x 48, so crops can move sideways
+    crops = [dm.train_set[rocket] for _ in range(6)]
+    a = crops[0]
+    assert a.shape == (3, 32, 32) and -1 <= a.min() and a.max() <= 1
+    assert any(not torch.equal(a, c) for c in crops[1:])  # random crops
+    assert torch.equal(dm.val_set[0], dm.val_set[0]) and dm.val_set[0].shape == (3, 32, 32)  # center crop
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (2, 3, 32, 32)
+
+    plain = ImageDataModule(DataConfig(train=str(tmp_path / "imagenet" / "train" / "n0001"), size=32))
+    plain.setup()
+    assert plain.val_set is None and len(plain.train_set) == 3
+    with pytest.raises(ValueError, match="data.train is not set"):
+        ImageDataModule(DataConfig())
