@@ -1,8 +1,18 @@
 """magvit2: Open-MAGVIT2 (LFQ image tokenizer, factorized auto-regressive generation) with fused kernels."""
 
 from magvit2 import nn, ops
-from magvit2.nn import LFQ, Tokenizer, TokenizerConfig, load_checkpoint
+from magvit2.nn import LFQ, ARConfig, ARTransformer, Tokenizer, TokenizerConfig, load_checkpoint
 
 __version__ = "0.1.0"
 
-__all__ = ["LFQ", "Tokenizer", "TokenizerConfig", "__version__", "load_checkpoint", "nn", "ops"]
+__all__ = [
+    "ARConfig",
+    "ARTransformer",
+    "LFQ",
+    "Tokenizer",
+    "TokenizerConfig",
+    "__version__",
+    "load_checkpoint",
+    "nn",
+    "ops",
+]

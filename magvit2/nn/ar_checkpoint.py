@@ -1,0 +1,88 @@
+"""Official AR checkpoints (`AR_256_{B,L,XL}.ckpt`): `transformer.*` + the tokenizer under `first_stage_model.*`
+(reference §4.5), read safely into an ARTransformer and its Tokenizer (raw weights, token split (6, 12), as the
+official sampler uses them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any
+
+import torch
+
+from magvit2.nn.checkpoint import _extract_state_dict, map_official_state_dict, safe_torch_load, tokenizer_from_state
+from magvit2.nn.tokenizer import Tokenizer
+from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer
+from magvit2.nn.weights_io import CheckpointError, _listing, build_module
+
+TRANSFORMER_PREFIX = "transformer."
+HEADS_BY_DIM = {c.dim: c.n_head for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
+
+
+def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
+    """ARConfig from the weight shapes: width, sub-token bits, classes, layer counts. The head count is not in the
+    shapes: the released widths map to their presets (1024 -> 16, 1280 -> 20, 1536 -> 24), others default to head
+    size 64 unless `n_head=` is given."""
+    need = [
+        "pre_emb.weight",
+        "post_emb.weight",
+        "class_emb.embedding_table.weight",
+        "spatial_blocks.0.feed_forward.w1.weight",
+    ]
+    missing = [k for k in need if k not in sd]
+    if missing:
+        raise CheckpointError(f"cannot infer the AR architecture: missing {_listing(missing)}")
+    n_pre, dim = sd["pre_emb.weight"].shape
+    n_post = sd["post_emb.weight"].shape[0]
+    bits = (int(math.log2(n_pre)), int(math.log2(n_post)))
+    if 2 ** bits[0] != n_pre or 2 ** bits[1] != n_post:
+        raise CheckpointError(f"sub-token tables {n_pre} x {n_post} are not powers of 2")
+
+    def layers(stack: str) -> int:
+        return len({int(m.group(1)) for k in sd if (m := re.match(rf"{stack}\.(\d+)\.", k))})
+
+    dim = int(dim)
+    fields: dict[str, Any] = dict(
+        dim=dim,
+        n_head=HEADS_BY_DIM.get(dim, max(1, dim // 64)),
+        spatial_n_layer=layers("spatial_blocks"),
+        factorized_n_layer=layers("factorized_blocks"),
+        class_num=int(sd["class_emb.embedding_table.weight"].shape[0]) - 1,
+        factorized_bits=bits,
+    )
+    fields.update(overrides)
+    try:
+        config = ARConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"inferred an invalid AR architecture {fields}: {e}") from None
+    hidden = int(sd["spatial_blocks.0.feed_forward.w1.weight"].shape[0])
+    if hidden != config.ffn_hidden:
+        config = dataclasses.replace(config, ffn_dim_multiplier=hidden / int(2 * 4 * dim / 3))
+    return config
+
+
+def load_ar_checkpoint(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    **config_overrides: Any,
+) -> tuple[ARTransformer, Tokenizer]:
+    """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint. `config_overrides` replace
+    inferred ARConfig fields (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
+
+    Example:
+        >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    sd = _extract_state_dict(safe_torch_load(path), path)
+    inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
+    if not inner:
+        raise CheckpointError(f"{path} has no transformer.* keys: not an AR checkpoint (tokenizers: load_checkpoint)")
+    config = infer_ar_config(inner, **config_overrides)
+    transformer = build_module(lambda: ARTransformer(config), inner, path, device, what="the AR transformer")
+    loaded = map_official_state_dict(sd, use_ema=False)  # the AR configs build the tokenizer with use_ema: False
+    if not loaded.is_ar:
+        raise CheckpointError(f"{path} has no first_stage_model.* tokenizer next to its transformer")
+    return transformer, tokenizer_from_state(loaded, path, device=device)
