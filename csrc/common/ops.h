@@ -17,4 +17,7 @@ at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at:
                                     const std::optional<at::Tensor>& grad_avg, const at::Tensor& z,
                                     const at::Tensor& avg, double inv_temperature, double eps);
 
+at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
+                             double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset);
+
 }  // namespace magvit2

@@ -4,6 +4,7 @@ lfq_quantize(z, factorized_bits=None) -> (codes, indices)
 lfq_entropy(z, inv_temperature=100.0, eps=0.0, group=None) -> (per_sample_entropy, codebook_entropy)
 lfq_codebook_average(z, inv_temperature=100.0) -> (2^Ka, 2^Kb) average code distribution
 codebook_entropy(avg, eps=0.0) -> -sum avg log(avg + eps)
+sample_tokens(logits, *, uncond=None, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0) -> (R,)
 """
 
 from magvit2.ops import _library, backends, reference  # noqa: F401  (schemas first, then the reference kernels)
@@ -15,6 +16,7 @@ from magvit2.ops.lfq import (
     lfq_quantize,
 )
 from magvit2.ops.reference import codebook_entropy
+from magvit2.ops.sampling import sample_tokens
 
 backends.init()
 
@@ -27,4 +29,5 @@ __all__ = [
     "lfq_entropy",
     "lfq_quantize",
     "reference",
+    "sample_tokens",
 ]

@@ -24,6 +24,11 @@ SCHEMAS = {
         "lfq_entropy_backward(Tensor grad_per_sample, Tensor grad_codebook, Tensor? grad_avg, Tensor z, "
         "Tensor avg, float inv_temperature, float eps) -> Tensor"
     ),
+    # Fused factorized sampling: guidance, temperature, top-k, top-p and a counter-based draw; (R,) int64 tokens.
+    "sample_tokens": (
+        "sample_tokens(Tensor logits, Tensor? uncond, float cfg_scale, float temperature, int top_k, float top_p, "
+        "int seed, int offset) -> Tensor"
+    ),
 }
 
 for _schema in SCHEMAS.values():

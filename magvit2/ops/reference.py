@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from magvit2.ops._library import lib
+from magvit2.ops.sampling_reference import sample_tokens
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -151,6 +152,7 @@ def lfq_entropy_naive(
 
 
 for _name, _fn in {
+    "sample_tokens": sample_tokens,
     "lfq_quantize": lfq_quantize,
     "lfq_entropy": lfq_entropy,
     "lfq_entropy_backward": lfq_entropy_backward,

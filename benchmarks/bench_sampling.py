@@ -1,0 +1,53 @@
+"""Factorized sampling step at B = 256 rows with classifier-free guidance: the fused op vs the official path
+(combine, temperature, sort-based top-k/top-p filtering, softmax, torch.multinomial), for the 64-way and the
+4096-way sub-token, with and without filtering. Ratios are medians of interleaved runs in one process.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FULL, interleaved
+
+from magvit2 import ops
+
+
+def official_step(cond, uncond, cfg, temperature, top_k, top_p):
+    """The official sampler's per-sub-token work (gpt.py sample_from_logits + top_k_top_p_filtering)."""
+    logits = uncond + (cond - uncond) * cfg
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1)[:, 0]
+
+
+CASES = [(64, 0, 1.0), (4096, 0, 1.0), (4096, 0, 0.96)] + ([(4096, 50, 0.96)] if FULL else [])
+
+
+@pytest.mark.parametrize("vocab, top_k, top_p", CASES, ids=lambda v: str(v))
+def test_sampling_vs_official(vocab, top_k, top_p, ratio):
+    rows = 256 if FULL else 64
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(rows, vocab, generator=g) * 4, torch.randn(rows, vocab, generator=g) * 4
+    ours = ops.sample_tokens(cond, uncond=uncond, cfg_scale=1.9, temperature=1.0, top_k=top_k, top_p=top_p, seed=1)
+    assert ours.shape == (rows,) and bool(((ours >= 0) & (ours < vocab)).all())
+    times = interleaved(
+        {
+            "ours": lambda: ops.sample_tokens(
+                cond, uncond=uncond, cfg_scale=1.9, temperature=1.0, top_k=top_k, top_p=top_p, seed=1
+            ),
+            "official": lambda: official_step(cond, uncond, 1.9, 1.0, top_k, top_p),
+        },
+        rounds=20 if FULL else 3,
+    )
+    name = f"sample B={rows} V={vocab} k={top_k} p={top_p} cfg"
+    ratio(name, "official path / ours (time)", times["official"] / times["ours"], ">= 10 on GPU")
+    ratio(name, "ours ms (context)", times["ours"] * 1e3)

@@ -1,0 +1,102 @@
+"""Plain-torch reference of `magvit2::sample_tokens`, written so that the C++ kernel can match it bit for bit.
+
+Every decision uses only IEEE basic operations in a fixed order, so two implementations agree exactly:
+- guidance and temperature in float32: x = u + (c - u) * s, then x / t (separate roundings, no FMA);
+- top-k: keep x >= the k-th largest x (ties at the threshold are kept);
+- weights w = exp_det(x - max) in float64, where exp_det is a fixed range reduction + degree-13 Horner polynomial
+  and an exact power of two built from bits (no libm exp, whose last bit differs between libraries);
+- top-p: visit kept tokens by x descending (ties: lower index first), keep while the mass before the token is
+  <= p * Z, with Z and the running mass summed sequentially in that fixed order;
+- draw: u from a counter-based stream (SplitMix64 of seed, offset, row; 53-bit uniform), then the first index (in
+  index order) whose running sum of kept weights exceeds u * (sum of kept weights); sequential float64 sums.
+temperature == 0 (or top_k == 1) is greedy: the first index of the largest x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MASK64 = (1 << 64) - 1
+GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+LN2_HI, LN2_LO, INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e00
+EXP_CUTOFF = -700.0  # weights below exp(-700) are 0: keeps every power of two normal (exact) in both backends
+EXP_COEFFS = [1.0 / f for f in (6227020800, 479001600, 39916800, 3628800, 362880, 40320, 5040, 720, 120, 24, 6, 2)]
+
+
+def uniform(seed: int, offset: int, row: int) -> float:
+    """53-bit uniform in [0, 1) for (seed, offset, row): SplitMix64 finaliser of a 64-bit key (Python ints: exact)."""
+    z = ((seed * GOLDEN) ^ (offset * MIX1 + row)) & MASK64
+    z = ((z ^ (z >> 30)) * MIX1) & MASK64
+    z = ((z ^ (z >> 27)) * MIX2) & MASK64
+    z ^= z >> 31
+    return (z >> 11) * 2.0**-53
+
+
+def exp_det(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) for float64 x <= 0 to ~1 ulp with a fixed sequence of roundings; 0 below EXP_CUTOFF."""
+    n = torch.round(x * INV_LN2)  # half-to-even, as nearbyint
+    r = (x - n * LN2_HI) - n * LN2_LO  # |r| <= ln2 / 2
+    p = torch.full_like(r, EXP_COEFFS[0])
+    for c in EXP_COEFFS[1:]:
+        p = p * r + c
+    p = p * r + 1.0
+    p = p * r + 1.0
+    scale = ((n.clamp(min=-1020).long() + 1023) << 52).view(torch.float64)  # 2^n, exact
+    return torch.where(x < EXP_CUTOFF, torch.zeros_like(p), p * scale)
+
+
+def combine(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float, temperature: float) -> torch.Tensor:
+    x = logits.float()
+    if uncond is not None:
+        u = uncond.float()
+        x = u + (x - u) * torch.tensor(cfg_scale, dtype=torch.float32)
+    x = torch.nan_to_num(x, nan=float("-inf"))
+    if temperature > 0:
+        x = x / torch.tensor(temperature, dtype=torch.float32)
+    return x
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    uncond: torch.Tensor | None,
+    cfg_scale: float,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    """(R, V) logits (and optional (R, V) unconditional logits) -> (R,) int64 token ids."""
+    x = combine(logits, uncond, cfg_scale, temperature)  # (R, V) float32
+    rows, vocab = x.shape
+    out = torch.empty(rows, dtype=torch.int64, device=x.device)
+    if rows == 0:
+        return out
+    top = x.max(dim=1).values
+    if bool((top == float("-inf")).any()):
+        bad = int((top == float("-inf")).nonzero()[0])
+        raise ValueError(f"sample_tokens: row {bad} has no finite logit")
+    if bool((top == float("inf")).any()):
+        bad = int((top == float("inf")).nonzero()[0])
+        raise ValueError(f"sample_tokens: row {bad} has an infinite logit (after guidance and temperature)")
+    if temperature == 0 or top_k == 1:
+        return x.argmax(dim=1)  # first index of the maximum
+    keep = torch.ones_like(x, dtype=torch.bool)
+    if 0 < top_k < vocab:
+        keep = x >= torch.topk(x, top_k, dim=1).values[:, -1:]
+    w = torch.where(keep, exp_det(x.double() - top.double()[:, None]), torch.zeros((), dtype=torch.float64))
+    keep = keep & (w > 0)  # tokens whose weight underflows to 0 can never be drawn
+    if top_p < 1.0:
+        total = w.cumsum(dim=1)[:, -1:]  # sequential, index order
+        order = torch.sort(torch.where(keep, x, float("-inf")), dim=1, descending=True, stable=True).indices
+        ws = w.gather(1, order)
+        before = torch.cat([torch.zeros_like(ws[:, :1]), ws.cumsum(dim=1)[:, :-1]], dim=1)  # mass before, in order
+        nucleus = (before <= total * top_p) & keep.gather(1, order)
+        keep = torch.zeros_like(keep).scatter(1, order, nucleus)
+        w = torch.where(keep, w, torch.zeros((), dtype=torch.float64))
+    cum = w.cumsum(dim=1)
+    u = torch.tensor([uniform(seed, offset, r) for r in range(rows)], dtype=torch.float64, device=x.device)
+    target = u * cum[:, -1]
+    above = cum > target[:, None]
+    last_kept = vocab - 1 - keep.flip(1).int().argmax(dim=1)
+    return torch.where(above.any(dim=1), above.int().argmax(dim=1), last_kept)

@@ -1,0 +1,143 @@
+"""sample_tokens: the C++ kernel equals the reference token for token; the draws follow the filtered softmax."""
+
+import math
+
+import pytest
+import torch
+
+from magvit2 import ops
+from magvit2.ops import backends
+from magvit2.ops import sampling_reference as ref
+
+
+def _ref(logits, uncond=None, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0):
+    return ref.sample_tokens(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset)
+
+
+def test_cpu_kernel_serves_the_op():
+    assert backends.serving("sample_tokens", "cpu") == "cpu_ext"
+
+
+SETTINGS = [
+    dict(),
+    dict(temperature=0.7),
+    dict(temperature=1.3, top_k=50),
+    dict(top_p=0.9),
+    dict(top_k=100, top_p=0.8, temperature=1.1),
+    dict(temperature=0.0),
+    dict(top_k=1),
+    dict(top_k=5000),
+    dict(top_p=0.01),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows, vocab", [(1, 1), (3, 2), (17, 64), (33, 4096), (5, 1001)], ids=lambda v: str(v))
+@pytest.mark.parametrize("cfg", [None, 1.9], ids=["nocfg", "cfg1.9"])
+def test_kernel_matches_reference_exactly(rows, vocab, dtype, cfg):
+    g = torch.Generator().manual_seed(rows * vocab)
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(dtype)
+    uncond = (torch.randn(rows, vocab, generator=g) * 3).to(dtype) if cfg else None
+    for i, s in enumerate(SETTINGS):
+        kw = dict(s, cfg_scale=cfg or 1.0, seed=1234 + i, offset=7 * i)
+        got = ops.sample_tokens(logits, uncond=uncond, **kw)
+        want = _ref(logits, uncond, **kw)
+        assert got.dtype == torch.int64 and got.shape == (rows,)
+        assert torch.equal(got, want), (s, got, want)
+        assert bool(((got >= 0) & (got < vocab)).all())
+
+
+def test_non_contiguous_and_ties():
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(64, 40, generator=g)
+    logits = wide.t()  # (40, 64) non-contiguous
+    assert torch.equal(ops.sample_tokens(logits, seed=3), _ref(logits.contiguous(), seed=3))
+    tied = torch.zeros(4, 10)
+    tied[:, [2, 7]] = 5.0
+    assert torch.equal(ops.sample_tokens(tied, temperature=0.0), torch.full((4,), 2))  # first maximum
+    for k in (1, 2, 3):  # threshold ties are kept: both 5.0 entries survive top-k 1 ... but k=1 is greedy
+        assert torch.equal(ops.sample_tokens(tied, top_k=k, seed=k), _ref(tied, top_k=k, seed=k))
+
+
+def test_draws_follow_the_softmax():
+    n = 40000
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), -30.0]]).repeat(n, 1)
+    freq = torch.bincount(ops.sample_tokens(logits, seed=11), minlength=4).double() / n
+    torch.testing.assert_close(freq, torch.tensor([1 / 6, 2 / 6, 3 / 6, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
+    hot = torch.bincount(ops.sample_tokens(logits, temperature=0.5, seed=12), minlength=4).double() / n
+    torch.testing.assert_close(hot, torch.tensor([1 / 14, 4 / 14, 9 / 14, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
+
+
+def test_top_k_and_top_p_filter_as_the_official_sampler():
+    n = 20000
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    logits = probs.log()[None].repeat(n, 1)
+    top2 = torch.bincount(ops.sample_tokens(logits, top_k=2, seed=1), minlength=3).double() / n
+    assert top2[2] == 0 and abs(top2[0] - 0.625) < 0.015  # renormalised 0.5 / 0.8
+    # official rule: keep a token while the mass before it (sorted descending) is <= p: 0 and 0.5 <= 0.6, 0.8 > 0.6
+    nucleus = torch.bincount(ops.sample_tokens(logits, top_p=0.6, seed=2), minlength=3).double() / n
+    assert nucleus[2] == 0 and abs(nucleus[0] - 0.625) < 0.015
+    only_first = ops.sample_tokens(logits, top_p=0.4, seed=3)
+    assert bool((only_first == 0).all())
+
+
+def test_classifier_free_guidance_combination():
+    g = torch.Generator().manual_seed(5)
+    cond, uncond = torch.randn(50, 64, generator=g), torch.randn(50, 64, generator=g)
+    got = ops.sample_tokens(cond, uncond=uncond, cfg_scale=1.9, temperature=0.0)
+    assert torch.equal(got, (uncond + (cond - uncond) * 1.9).argmax(dim=1))
+    same = ops.sample_tokens(cond, uncond=uncond, cfg_scale=1.0, seed=9)
+    assert torch.equal(same, ops.sample_tokens(cond, seed=9))  # scale 1 leaves the conditional logits
+
+
+def test_seed_and_offset_select_the_stream():
+    logits = torch.zeros(1000, 4096)
+    a = ops.sample_tokens(logits, seed=1, offset=0)
+    assert torch.equal(a, ops.sample_tokens(logits, seed=1, offset=0))
+    assert (a != ops.sample_tokens(logits, seed=1, offset=1)).float().mean() > 0.99
+    assert (a != ops.sample_tokens(logits, seed=2, offset=0)).float().mean() > 0.99
+    assert a.unique().numel() > 800  # uniform logits: spread over the vocabulary
+
+
+def test_nan_logits_are_never_drawn():
+    logits = torch.tensor([[float("nan"), 0.0, float("nan"), 1.0]]).repeat(2000, 1)
+    drawn = ops.sample_tokens(logits, seed=4)
+    assert set(drawn.unique().tolist()) <= {1, 3}
+    assert torch.equal(drawn, _ref(logits, seed=4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(logits=torch.zeros(2, 3, 4)), "logits must be a floating"),
+        (dict(logits=torch.zeros(2, 3, dtype=torch.long)), "logits must be a floating"),
+        (dict(uncond=torch.zeros(3, 3)), "uncond must match"),
+        (dict(temperature=-1.0), "temperature must be"),
+        (dict(top_k=-2), "top_k must be"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(cfg_scale=float("nan")), "cfg_scale must be"),
+        (dict(seed=2**70), "seed must be a 64-bit int"),
+        (dict(logits=torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")]])), "row 1 has no finite logit"),
+        (dict(logits=torch.tensor([[0.0, 1.0], [float("inf"), 0.0]])), "row 1 has an infinite logit"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, message):
+    args = dict(logits=torch.zeros(2, 3))
+    args.update(kwargs)
+    logits = args.pop("logits")
+    with pytest.raises(ValueError, match=message):
+        ops.sample_tokens(logits, **args)
+
+
+def test_opcheck_and_compile():
+    logits, uncond = torch.randn(8, 64), torch.randn(8, 64)
+    torch.library.opcheck(torch.ops.magvit2.sample_tokens.default, (logits, uncond, 1.5, 1.0, 10, 0.9, 3, 1))
+    torch.library.opcheck(torch.ops.magvit2.sample_tokens.default, (logits, None, 1.0, 0.0, 0, 1.0, 0, 0))
+
+    @torch.compile(fullgraph=True)
+    def step(x, u):
+        return ops.sample_tokens(x * 2, uncond=u, cfg_scale=1.9, top_k=5, seed=1, offset=2)
+
+    assert torch.equal(
+        step(logits, uncond), ops.sample_tokens(logits * 2, uncond=uncond, cfg_scale=1.9, top_k=5, seed=1, offset=2)
+    )
