@@ -39,6 +39,17 @@ def _convert(args: argparse.Namespace) -> int:
     overrides = {} if args.factorized_bits == "auto" else {"factorized_bits": args.factorized_bits}
     model = tokenizer_from_state(loaded, args.checkpoint, **overrides)
     model.save_pretrained(args.outdir)
+    if loaded.is_ar:
+        from magvit2.nn.ar_checkpoint import load_ar_checkpoint, save_ar_pretrained
+
+        ar_overrides = {k: v for k, v in (("n_head", args.n_head), ("block_size", args.block_size)) if v is not None}
+        transformer, _ = load_ar_checkpoint(args.checkpoint, **ar_overrides)
+        save_ar_pretrained(transformer, args.outdir)
+        t = transformer.config
+        n = sum(p.numel() for p in transformer.parameters()) / 1e6
+        print(
+            f"AR transformer: dim={t.dim} heads={t.n_head} layers={t.spatial_n_layer}+{t.factorized_n_layer}, {n:.1f}M"
+        )
     c = model.config
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
@@ -154,6 +165,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or two like 1.9,2.0, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected one value or a pair (pre, post), got {text!r}")
+    return (values[0], values[-1])
+
+
+def _ints(text: str) -> tuple[int, int]:
+    a, b = _floats(text)
+    if a != int(a) or b != int(b):
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}")
+    return (int(a), int(b))
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from magvit2.data.samples import sample_images, write_samples
+    from magvit2.nn.ar_checkpoint import load_ar_checkpoint
+
+    transformer, tokenizer = load_ar_checkpoint(args.model, device=args.device)
+    n_classes = transformer.config.class_num
+    if args.classes == "all":
+        classes = list(range(n_classes))
+    else:
+        try:
+            classes = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise ValueError(f"--classes: expected comma-separated class ids or 'all', got {args.classes!r}") from None
+    bad = [c for c in classes if not 0 <= c < n_classes]
+    if bad:
+        raise ValueError(f"--classes: ids must lie in [0, {n_classes}), got {bad}")
+    images, labels = sample_images(
+        transformer,
+        tokenizer,
+        classes,
+        per_class=args.per_class,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        cfg=args.cfg,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    out = write_samples(images, labels, args.out, per_row=args.per_class)
+    print(f"{len(images)} images ({len(classes)} classes x {args.per_class}) -> {out}")
+    return 0
+
+
 def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model on Lightning (single device, DDP, multi-node)")
     what = train.add_subparsers(dest="what", required=True, metavar="MODEL")
@@ -196,6 +258,21 @@ def _add_train(commands) -> None:
     et.add_argument("--no-progress", action="store_true")
     et.set_defaults(func=_eval_tokenizer)
 
+    sample = commands.add_parser("sample", help="class-conditional images from an AR model: PNG grid or ADM .npz")
+    sample.add_argument("--model", required=True, help="official AR .ckpt or a directory from magvit2 convert")
+    sample.add_argument("--classes", required=True, help="comma-separated class ids, or 'all'")
+    sample.add_argument("--per-class", type=int, default=1, help="images per class")
+    sample.add_argument("--out", required=True, help="grid.png or samples.npz (uint8 NHWC arr_0, labels arr_1)")
+    sample.add_argument("--cfg", type=_floats, default=(1.9, 2.0), help="guidance scale pre,post (default 1.9,2.0: B)")
+    sample.add_argument("--temperature", type=_floats, default=(1.0, 1.0), help="pre,post (default 1.0,1.0)")
+    sample.add_argument("--top-k", type=_ints, default=(0, 0), help="pre,post; 0 = off")
+    sample.add_argument("--top-p", type=_floats, default=(1.0, 1.0), help="pre,post; 1 = off")
+    sample.add_argument("--seed", type=int, default=42)
+    sample.add_argument("--batch-size", type=int, default=50)
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--no-progress", action="store_true")
+    sample.set_defaults(func=_sample)
+
     demo = commands.add_parser("demo", help="train + evaluate the tiny tokenizer on the bundled photographs")
     demo.add_argument("what", nargs="?", default="tokenizer", choices=["tokenizer"])
     demo.add_argument("--out", default="demo-out")
@@ -218,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--factorized-bits", type=_bits, default="auto", help="index groups, e.g. 6,12 or none (default: 6,12 for AR)"
     )
+    convert.add_argument("--n-head", type=int, help="AR checkpoints: attention heads (default: from the width)")
+    convert.add_argument("--block-size", type=int, help="AR checkpoints: tokens per image (default 256)")
     convert.set_defaults(func=_convert)
 
     model_help = "model directory (magvit2 convert / save_pretrained) or an official .ckpt"

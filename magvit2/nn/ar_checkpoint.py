@@ -15,9 +15,11 @@ import torch
 from magvit2.nn.checkpoint import _extract_state_dict, map_official_state_dict, safe_torch_load, tokenizer_from_state
 from magvit2.nn.tokenizer import Tokenizer
 from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer
-from magvit2.nn.weights_io import CheckpointError, _listing, build_module
+from magvit2.nn.weights_io import CheckpointError, _listing, build_module, load_safetensors, read_format_json
 
 TRANSFORMER_PREFIX = "transformer."
+AR_CONFIG_NAME, AR_WEIGHTS_NAME = "transformer.json", "transformer.safetensors"
+AR_FORMAT_NAME, AR_FORMAT_VERSION = "magvit2-ar", 1
 HEADS_BY_DIM = {c.dim: c.n_head for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
 
 
@@ -76,6 +78,8 @@ def load_ar_checkpoint(
         >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        return load_ar_pretrained(path, device=device)
     sd = _extract_state_dict(safe_torch_load(path), path)
     inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
     if not inner:
@@ -86,3 +90,36 @@ def load_ar_checkpoint(
     if not loaded.is_ar:
         raise CheckpointError(f"{path} has no first_stage_model.* tokenizer next to its transformer")
     return transformer, tokenizer_from_state(loaded, path, device=device)
+
+
+def save_ar_pretrained(transformer: ARTransformer, directory: str | os.PathLike) -> None:
+    """Write `transformer.json` + `transformer.safetensors` (beside a tokenizer's config.json + model.safetensors)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    meta = {"format": AR_FORMAT_NAME, "format_version": AR_FORMAT_VERSION, **transformer.config.to_dict()}
+    with open(os.path.join(directory, AR_CONFIG_NAME), "w") as f:
+        json.dump(meta, f, indent=2)
+    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+    save_file(state, os.path.join(directory, AR_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def load_ar_pretrained(
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[ARTransformer, Tokenizer]:
+    """(transformer, tokenizer) from a directory written by `magvit2 convert AR.ckpt DIR` or `save_ar_pretrained`."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, AR_CONFIG_NAME)
+    hint = f"an AR model directory holds {AR_CONFIG_NAME} and {AR_WEIGHTS_NAME} (magvit2 convert of an AR checkpoint)"
+    meta = read_format_json(path, AR_FORMAT_NAME, AR_FORMAT_VERSION, hint)
+    try:
+        config = ARConfig.from_dict(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    weights = os.path.join(directory, AR_WEIGHTS_NAME)
+    transformer = build_module(
+        lambda: ARTransformer(config), load_safetensors(weights), weights, device, what="the AR transformer"
+    )
+    return transformer, Tokenizer.from_pretrained(directory, device=device)
