@@ -121,6 +121,24 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_ar(args: argparse.Namespace) -> int:
+    from magvit2.train.ar import fit_ar, load_ar_config
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.tokens={args.data}")
+    for flag, key in (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
+                      ("max_steps", "trainer.max_steps"), ("accelerator", "trainer.accelerator"),
+                      ("precision", "trainer.precision")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    config = load_ar_config(args.config, overrides)
+    trainer, module = fit_ar(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if trainer.is_global_zero:
+        print(f"trained {module.global_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from magvit2.train.export import export_checkpoint
 
@@ -234,6 +252,20 @@ def _add_train(commands) -> None:
     tok.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     tok.add_argument("--no-progress", action="store_true")
     tok.set_defaults(func=_train_tokenizer)
+
+    ar = what.add_parser("ar", help="class-conditional AR model on token shards (magvit2 encode)")
+    ar.add_argument("--config", required=True, help="YAML file or preset (open-magvit2-ar-B, -L, -XL, ar-tiny)")
+    ar.add_argument("--data", help="token folder written by magvit2 encode (class = the images' parent folder)")
+    ar.add_argument("--out", default="runs/ar", help="run folder (checkpoints/, logs/)")
+    ar.add_argument("--resume", help="checkpoint to continue from, or 'auto'")
+    ar.add_argument("--devices", help="devices per node (int or 'auto')")
+    ar.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
+    ar.add_argument("--accelerator", help="cpu, gpu, npu or auto")
+    ar.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed")
+    ar.add_argument("--max-steps", type=int, help="optimizer steps")
+    ar.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    ar.add_argument("--no-progress", action="store_true")
+    ar.set_defaults(func=_train_ar)
 
     export = commands.add_parser("export", help="training .ckpt -> config.json + model.safetensors (EMA weights)")
     export.add_argument("checkpoint", help="checkpoint written by magvit2 train tokenizer (or an official one)")

@@ -156,7 +156,8 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Tokenizer presets (the AR presets live beside them: open-magvit2-ar-*, ar-*)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if "ar-" not in p.stem)
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

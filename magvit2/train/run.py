@@ -85,7 +85,11 @@ def build_trainer(
     callbacks: list[Callback] = (),
     progress: bool = True,
     strategy: Any = None,
+    steps_per_batch: int = OPTIMIZERS_PER_STEP,
+    grid: bool = True,
+    gradient_clip_val: float | None = None,
 ) -> L.Trainer:
+    """steps_per_batch: optimizer steps Lightning counts per training batch (2 for the tokenizer's G and D)."""
     t = config.trainer
     out = Path(out_dir)
     version = next_log_version(out / "logs")  # both loggers write logs/version_N (a resumed run: the next N)
@@ -96,11 +100,13 @@ def build_trainer(
         dirpath=out / "checkpoints",
         filename="step-{batches:06.0f}",
         auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps * OPTIMIZERS_PER_STEP,
+        every_n_train_steps=t.checkpoint_every_n_steps * steps_per_batch,
         save_top_k=-1,
         save_last=True,
     )
-    grid = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
+    grids = (
+        [ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)] if grid else []
+    )
     devices, nodes = t.devices, t.num_nodes
     many = nodes > 1 or (isinstance(devices, int) and devices > 1) or os.environ.get("WORLD_SIZE", "1") != "1"
     accelerator, plugins, backend = t.accelerator, [], None
@@ -130,13 +136,14 @@ def build_trainer(
         strategy=strategy or "auto",
         precision=None if plugins else t.precision,
         max_epochs=t.max_epochs,
-        max_steps=t.max_steps * OPTIMIZERS_PER_STEP if t.max_steps > 0 else -1,
+        max_steps=t.max_steps * steps_per_batch if t.max_steps > 0 else -1,
+        gradient_clip_val=gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=None if t.val_every_n_steps else t.val_every_n_epochs,
         val_check_interval=t.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=loggers,
-        callbacks=[checkpoints, grid, *bars, *callbacks],
+        callbacks=[checkpoints, *grids, *bars, *callbacks],
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,

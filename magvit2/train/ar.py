@@ -1,0 +1,245 @@
+"""AR training on Lightning (reference §4.4): next-sub-token cross-entropy over token shards written by
+`magvit2 encode`, AdamW (0.9, 0.95) with weight decay on matrices, the official warm-up / plateau / linear-decay
+schedule per step, grad clip 1.0, DDP as the tokenizer trainer.
+
+Checkpoints hold `transformer.*` and, when the shards name their tokenizer directory, the frozen tokenizer under
+`first_stage_model.*`: the official AR layout, so `magvit2 convert` and `magvit2 sample` read them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer
+from magvit2.train.config import CONFIG_DIR, TrainerConfig, _build, parse_override, read_yaml
+
+
+@dataclasses.dataclass
+class AROptimConfig:
+    lr: float = 3e-4  # peak
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05  # on parameters with >= 2 dims
+    decay_norms: bool = False  # official quirk: after step 0 the norms (and every other group) get weight decay too
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # used when warmup_epochs is 0
+    wp0: float = 0.005  # lr factor at step 0
+    wpe: float = 0.1  # lr factor at the end
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0")
+
+
+@dataclasses.dataclass
+class ARDataConfig:
+    tokens: str | None = None  # folder written by `magvit2 encode` (factorized or full indices)
+    batch_size: int = 24
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive int, got {self.batch_size!r}")
+
+
+@dataclasses.dataclass
+class ARTrainConfig:
+    model: dict[str, Any]
+    optim: AROptimConfig
+    data: ARDataConfig
+    trainer: TrainerConfig
+    name: str = "ar"
+
+    def ar_config(self) -> ARConfig:
+        fields = dict(self.model)
+        preset = fields.pop("preset", None)
+        base = AR_PRESETS[preset] if preset else ARConfig()
+        return dataclasses.replace(base, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+
+
+AR_PRESET_FILES = ("open-magvit2-ar-B", "open-magvit2-ar-L", "open-magvit2-ar-XL", "ar-tiny")
+
+
+def load_ar_config(source: str | os.PathLike, overrides: list[str] = ()) -> ARTrainConfig:
+    path = Path(source)
+    if not path.is_file():
+        if str(source) not in AR_PRESET_FILES:
+            raise FileNotFoundError(
+                f"--config {source!r}: no such file and no such preset ({', '.join(AR_PRESET_FILES)})"
+            )
+        path = CONFIG_DIR / f"{source}.yaml"
+    values = read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    valid = ["name", "model", "optim", "data", "trainer"]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {unknown}; valid sections: {valid}")
+    model = dict(values.get("model") or {})
+    names = ["preset"] + [f.name for f in dataclasses.fields(ARConfig)]
+    bad = sorted(set(model) - set(names))
+    if bad:
+        raise ValueError(f"model: unknown key(s) {bad}; valid keys: {names}")
+    if model.get("preset") is not None and model["preset"] not in AR_PRESETS:
+        raise ValueError(f"model.preset: unknown AR preset {model['preset']!r}; choose from {sorted(AR_PRESETS)}")
+    config = ARTrainConfig(
+        model=model,
+        optim=_build(AROptimConfig, values.get("optim") or {}, "optim"),
+        data=_build(ARDataConfig, values.get("data") or {}, "data"),
+        trainer=_build(TrainerConfig, values.get("trainer") or {}, "trainer"),
+        name=values.get("name", "ar"),
+    )
+    config.ar_config()
+    return config
+
+
+def lr_factor(it: int, *, max_it: int, warmup_it: int, wp0: float = 0.005, wpe: float = 0.1) -> float:
+    """Official schedule (VAR's lr_wd_annealing): linear warm-up from wp0, flat until 5% of the rest, then linear
+    decay to wpe at the last step."""
+    if it < warmup_it:
+        return wp0 + (1 - wp0) * it / warmup_it
+    pasd = (it - warmup_it) / max(max_it - 1 - warmup_it, 1)
+    if pasd < 0.05:
+        return 1.0
+    return wpe + (1 - wpe) * (1 - pasd) / 0.95
+
+
+class TokenLabels(Dataset):
+    """(pre (T,), post (T,), class id) from token shards; classes = sorted parent-folder names of the sources."""
+
+    def __init__(self, directory: str | os.PathLike, bits: tuple[int, int]) -> None:
+        from magvit2.data.tokens import TokenShards
+
+        self.shards, self.bits = TokenShards(directory), bits
+        folders = [Path(s).parent.name for s in self.shards.sources]
+        self.class_names = sorted(set(folders))
+        ids = {name: i for i, name in enumerate(self.class_names)}
+        self.labels = torch.tensor([ids[f] for f in folders], dtype=torch.long)
+        self.tokens = self.shards.load_all().flatten(1)  # (N, T) full indices
+        if len(self.tokens) == 0:
+            raise ValueError(f"{directory}: no tokens")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = self.tokens[i]
+        return t & ((1 << self.bits[0]) - 1), t >> self.bits[0], self.labels[i]
+
+
+class ARDataModule(L.LightningDataModule):
+    def __init__(self, config: ARDataConfig, bits: tuple[int, int]) -> None:
+        super().__init__()
+        if config.tokens is None:
+            raise ValueError("data.tokens is not set: pass --data TOKENS (a folder written by magvit2 encode)")
+        self.config, self.bits = config, bits
+
+    def setup(self, stage: str | None = None) -> None:
+        if not hasattr(self, "train_set"):
+            self.train_set = TokenLabels(self.config.tokens, self.bits)
+
+    def train_dataloader(self) -> DataLoader:
+        c = self.config
+        return DataLoader(
+            self.train_set, batch_size=c.batch_size, shuffle=True, drop_last=True, num_workers=c.num_workers
+        )
+
+
+class ARModule(L.LightningModule):
+    """Keys: `transformer.*` (+ frozen `first_stage_model.*` when a tokenizer is given): the official AR layout."""
+
+    def __init__(self, config: ARTrainConfig, tokenizer: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = ARTransformer(config.ar_config())
+        if tokenizer is not None:
+            self.first_stage_model = tokenizer.eval().requires_grad_(False)
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+        max_it = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(max_it // max(self.trainer.max_epochs or 1, 1), 1) if self.trainer.max_epochs else 0
+        warmup = int(o.warmup_epochs * per_epoch) if o.warmup_epochs and per_epoch else o.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda it: lr_factor(it, max_it=max_it, warmup_it=warmup, wp0=o.wp0, wpe=o.wpe)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        pre, post, cls = batch
+        loss = self.transformer.loss(pre, post, cls)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=pre.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=pre.shape[0])
+        self.log("batches", float(self.global_step + 1), on_step=True, logger=False, batch_size=pre.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.config.optim.decay_norms and self.global_step == 1:
+            for group in self.optimizers().param_groups:
+                group["weight_decay"] = self.config.optim.weight_decay
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["magvit2"] = {"kind": "ar", "config": self.config.to_dict()}
+
+
+def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
+    """The tokenizer directory that `magvit2 encode` recorded for these shards, with the AR token split, or None."""
+    import json
+
+    from magvit2.data.tokens import INDEX_NAME
+    from magvit2.nn import load_checkpoint
+
+    index = Path(directory) / INDEX_NAME
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found: not a token folder written by `magvit2 encode`")
+    meta = json.loads(index.read_text())
+    source = meta.get("model")
+    if not source or not Path(source).exists():
+        return None
+    tok = load_checkpoint(source)
+    tok.config.factorized_bits = tuple(bits)
+    tok.quantizer.factorized_bits = list(bits)
+    return tok
+
+
+def fit_ar(
+    config: ARTrainConfig, out_dir: str | os.PathLike, *, resume: str | None = None, progress: bool = True
+) -> tuple[L.Trainer, ARModule]:
+    from magvit2.train.run import build_trainer, resolve_resume
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    bits = config.ar_config().factorized_bits
+    datamodule = ARDataModule(config.data, bits)
+    tokenizer = tokenizer_of_shards(config.data.tokens, bits)
+    module = ARModule(config, tokenizer)
+    trainer = build_trainer(
+        config, out, progress=progress, steps_per_batch=1, grid=False, gradient_clip_val=config.optim.grad_clip or None
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, out))
+    return trainer, module

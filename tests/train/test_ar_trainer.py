@@ -1,0 +1,105 @@
+"""AR training end to end: photos -> tokens (magvit2 encode) -> magvit2 train ar -> convert -> sample."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from magvit2.cli import main
+from magvit2.nn import Tokenizer
+from magvit2.train.ar import ARModule, load_ar_config, lr_factor
+from magvit2.train.data import load_photo
+
+
+def test_official_schedule_hand_values():
+    kw = dict(max_it=110, warmup_it=10, wp0=0.005, wpe=0.1)
+    assert lr_factor(0, **kw) == pytest.approx(0.005)
+    assert lr_factor(5, **kw) == pytest.approx(0.005 + 0.995 * 0.5)
+    assert lr_factor(10, **kw) == 1.0 and lr_factor(14, **kw) == 1.0  # plateau for the first 5% after warm-up
+    assert lr_factor(60, **kw) == pytest.approx(0.1 + 0.9 * (1 - 50 / 99) / 0.95)
+    assert lr_factor(109, **kw) == pytest.approx(0.1)
+
+
+def test_ar_presets_follow_the_official_recipes():
+    b, big_l, xl = (load_ar_config(f"open-magvit2-ar-{s}") for s in ("B", "L", "XL"))
+    assert (b.optim.lr, big_l.optim.lr, xl.optim.lr) == (3e-4, 3e-4, 2.4e-4)
+    assert (b.data.batch_size, big_l.data.batch_size, xl.data.batch_size) == (24, 12, 8)
+    assert (b.optim.warmup_epochs, xl.optim.warmup_epochs) == (6, 7)
+    assert (b.trainer.max_epochs, xl.trainer.max_epochs) == (300, 350)
+    assert b.optim.betas == (0.9, 0.95) and b.optim.weight_decay == 0.05 and b.optim.grad_clip == 1.0
+    assert b.ar_config().dim == 1024 and xl.ar_config().spatial_n_layer == 48
+    with pytest.raises(ValueError, match="valid keys"):
+        load_ar_config("ar-tiny", ["model.dimm=3"])
+
+
+def test_weight_decay_only_on_matrices():
+    module = ARModule(load_ar_config("ar-tiny"))
+
+    class FakeTrainer:
+        estimated_stepping_batches, max_epochs = 100, None
+
+    module.__dict__["_trainer"] = FakeTrainer()
+    setup = module.configure_optimizers()
+    decayed, plain = setup["optimizer"].param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    n_norms = 2 * (2 + 1) + 1  # two per block, one shared
+    assert len(plain["params"]) == n_norms
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ar-data")
+    tok_dir = root / "tokenizer"
+    torch.manual_seed(0)
+    Tokenizer.from_preset("tiny").save_pretrained(tok_dir)
+    for label, names in (("cat", ("chelsea", "coffee")), ("rocket", ("rocket", "astronaut"))):
+        (root / "images" / label).mkdir(parents=True)
+        for name in names:
+            photo = load_photo(name, shorter_side=64)
+            for i in range(4):
+                crop = photo[i * 8 : i * 8 + 32, i * 10 : i * 10 + 32]
+                Image.fromarray(crop).save(root / "images" / label / f"{name}{i}.png")
+    args = ["encode", "--model", str(tok_dir), "--data", str(root / "images"), "--out", str(root / "tokens")]
+    assert main([*args, "--size", "32", "--no-progress"]) == 0
+    return root
+
+
+def test_train_ar_convert_and_sample(tokens, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "ar", "--config", "ar-tiny", "--data", str(tokens / "tokens"), "--out", str(out), "--max-steps",
+            "30", "--no-progress", "--set", "data.batch_size=8", "--set", "trainer.log_every_n_steps=1",
+            "--set", "trainer.checkpoint_every_n_steps=15"]  # fmt: skip
+    assert main(args) == 0
+    with open(out / "logs" / "version_0" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert any(k.startswith("transformer.") for k in keys) and any(k.startswith("first_stage_model.") for k in keys)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step-000015.ckpt",
+        "step-000030.ckpt",
+    ]
+
+    model = tmp_path / "model"
+    assert (
+        main(["convert", str(out / "checkpoints" / "last.ckpt"), str(model), "--n-head", "4", "--block-size", "64"])
+        == 0
+    )
+    out_npz = str(tmp_path / "s.npz")
+    assert main(["sample", "--model", str(model), "--classes", "0,1", "--per-class", "2", "--out", out_npz,
+                 "--no-progress"]) == 0  # fmt: skip
+    samples = np.load(tmp_path / "s.npz")
+    assert samples["arr_0"].shape == (4, 32, 32, 3) and samples["arr_1"].tolist() == [0, 0, 1, 1]
+
+
+def test_train_ar_errors(tmp_path, capsys):
+    assert main(["train", "ar", "--config", "ar-tiny", "--out", str(tmp_path)]) == 2
+    assert "data.tokens is not set" in capsys.readouterr().err
+    assert main(["train", "ar", "--config", "ar-tiny", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "not a token folder" in capsys.readouterr().err
