@@ -40,18 +40,28 @@ double uniform(int64_t seed, int64_t offset, int64_t row) {
   return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
-double exp_det(double x) {
-  if (x < kExpCutoff) return 0.0;
-  const double n = std::nearbyint(x * kInvLn2);
-  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
-  double p = kExpCoeffs[0];
-  for (int i = 1; i < 12; ++i) p = p * r + kExpCoeffs[i];
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(std::max(n, -1020.0)) + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+// w[i] = exp(d[i]) for d <= 0, 0 below the cutoff. Branch-free so that it vectorises (AVX2 clone; no FMA, so every
+// multiply and add rounds as in the reference): round-half-even by the 1.5 * 2^52 trick (== torch.round for
+// |y| < 2^51), and 2^n from the bits of (n + 1023) + 2^52 shifted into the exponent field (== the reference's
+// (n + 1023) << 52).
+__attribute__((target_clones("avx2", "default"))) void exp_block(const double* d, double* w, int64_t n) {
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = d[i];
+    const double k = (x * kInvLn2 + kRound) - kRound;
+    const double r = (x - k * kLn2Hi) - k * kLn2Lo;
+    double p = kExpCoeffs[0];
+    for (int j = 1; j < 12; ++j) p = p * r + kExpCoeffs[j];
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    const double m = std::max(k, -1020.0) + 1023.0 + 4503599627370496.0;  // 2^52: integer m in the low bits
+    uint64_t bits;
+    std::memcpy(&bits, &m, sizeof(bits));
+    bits <<= 52;
+    double scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    w[i] = x < kExpCutoff ? 0.0 : p * scale;
+  }
 }
 
 struct Row {
@@ -76,14 +86,15 @@ int64_t sample_row(const scalar_t* logits, const scalar_t* uncond, int64_t vocab
       const float scaled = diff * scale;
       v = un + scaled;
     }
-    if (std::isnan(v)) v = kNegInf;
-    if (temperature > 0) v = v / t;
+    TORCH_CHECK_VALUE(!std::isnan(static_cast<float>(logits[i])) && (uncond == nullptr || !std::isnan(static_cast<float>(uncond[i]))),
+                      "sample_tokens: row ", row, " has NaN logits");
+    v = v / t;
     x[i] = v;
     if (v > top) top = v, argmax = i;
   }
   TORCH_CHECK_VALUE(top != kNegInf, "sample_tokens: row ", row, " has no finite logit");
   TORCH_CHECK_VALUE(top != -kNegInf, "sample_tokens: row ", row, " has an infinite logit (after guidance and temperature)");
-  if (temperature == 0 || top_k == 1) return argmax;
+  if (top_k == 1) return argmax;
 
   float threshold = kNegInf;
   if (top_k > 0 && top_k < vocab) {
@@ -94,10 +105,12 @@ int64_t sample_row(const scalar_t* logits, const scalar_t* uncond, int64_t vocab
   }
   double* w = buf.w.data();
   const double dtop = static_cast<double>(top);
+  for (int64_t i = 0; i < vocab; ++i) w[i] = static_cast<double>(x[i]) - dtop;
+  exp_block(w, w, vocab);
   double total = 0.0;
+  const bool filter_k = top_k > 0 && top_k < vocab;
   for (int64_t i = 0; i < vocab; ++i) {
-    const bool keep = top_k <= 0 || top_k >= vocab || x[i] >= threshold;
-    w[i] = keep ? exp_det(static_cast<double>(x[i]) - dtop) : 0.0;
+    if (filter_k && !(x[i] >= threshold)) w[i] = 0.0;
     total += w[i];
   }
   if (top_p < 1.0) {
@@ -143,7 +156,7 @@ at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::T
   TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "sample_tokens: logits must be floating, got ",
                     logits.scalar_type());
   TORCH_CHECK_VALUE(logits.size(1) >= 1, "sample_tokens: logits must have a vocabulary of >= 1, got ", logits.sizes());
-  TORCH_CHECK_VALUE(temperature >= 0, "sample_tokens: temperature must be >= 0, got ", temperature);
+  TORCH_CHECK_VALUE(temperature > 0, "sample_tokens: temperature must be > 0 (top_k=1 is greedy), got ", temperature);
   TORCH_CHECK_VALUE(top_k >= 0, "sample_tokens: top_k must be >= 0 (0 = off), got ", top_k);
   TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "sample_tokens: top_p must be in (0, 1], got ", top_p);
   const at::Tensor x = logits.contiguous();

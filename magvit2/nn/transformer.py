@@ -340,6 +340,8 @@ class ARTransformer(nn.Module):
 class Generated(NamedTuple):
     pre: torch.Tensor  # (B, T) int64, bits 0..k0-1 of each token
     post: torch.Tensor  # (B, T) int64, the remaining bits
+    logits_pre: torch.Tensor | None = None  # (B, T, 2^k0) conditional logits before guidance (return_logits=True)
+    logits_post: torch.Tensor | None = None  # (B, T, 2^k1)
 
     def indices(self, pre_bits: int = 6) -> torch.Tensor:
         """Full token ids pre + post << pre_bits (the tokenizer's unfactorized index), (B, T)."""
@@ -364,6 +366,7 @@ def generate(
     top_p: float | tuple[float, float] = (1.0, 1.0),
     seed: int = 0,
     num_tokens: int | None = None,
+    return_logits: bool = False,
 ) -> Generated:
     """Sample token grids for `classes` (B,), settings per sub-token (pre, post) as in the official sampler.
 
@@ -410,7 +413,11 @@ def generate(
     x = model.class_emb.embedding_table(labels)[:, None]  # (R, 1, dim): position 0 is the class
     slot0, slot1 = torch.tensor(0, device=device), torch.tensor(1, device=device)
 
+    kept: list[list[torch.Tensor]] = [[], []]
+
     def draw(logits: torch.Tensor, sub: int, offset: int) -> torch.Tensor:
+        if return_logits:
+            kept[sub].append(logits[:b].clone())
         logits = logits.float()
         kwargs = dict(temperature=float(temp_[sub]), top_k=k_[sub], top_p=float(p_[sub]), seed=seed, offset=offset)
         if guided and cfg_[sub] > 1:
@@ -437,4 +444,6 @@ def generate(
             x = (model.pre_emb(pre_rows) + model.post_emb(post_rows))[:, None]
     finally:
         model.train(was_training)
+    if return_logits:
+        return Generated(pre_out, post_out, torch.stack(kept[0], dim=1), torch.stack(kept[1], dim=1))
     return Generated(pre_out, post_out)

@@ -30,12 +30,13 @@ def sample_tokens(
     """Sample one token per row.
 
     logits: (R, V) float (conditional logits); uncond: optional (R, V) unconditional logits, combined as
-    uncond + (logits - uncond) * cfg_scale. temperature 0 (or top_k 1) is greedy; top_k 0 and top_p 1 are off.
+    uncond + (logits - uncond) * cfg_scale. temperature > 0; top_k 1 is greedy; top_k 0 and top_p 1 are off;
+    NaN logits are an error.
     seed/offset select the counter-based stream (use a new offset for every call of one generation).
     Returns (R,) int64.
 
     Example:
-        >>> sample_tokens(torch.tensor([[0.0, 5.0, 1.0]]), temperature=0.0)
+        >>> sample_tokens(torch.tensor([[0.0, 5.0, 1.0]]), top_k=1)
         tensor([1])
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
@@ -45,8 +46,10 @@ def sample_tokens(
         not isinstance(uncond, torch.Tensor) or uncond.shape != logits.shape or uncond.dtype != logits.dtype
     ):
         raise ValueError(f"sample_tokens: uncond must match logits ({tuple(logits.shape)}, {logits.dtype})")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"sample_tokens: temperature must be a finite number >= 0, got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"sample_tokens: temperature must be a finite number > 0 (top_k=1 is greedy), got {temperature!r}"
+        )
     if not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale)):
         raise ValueError(f"sample_tokens: cfg_scale must be a finite number, got {cfg_scale!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:

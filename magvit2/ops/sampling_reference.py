@@ -9,7 +9,8 @@ Every decision uses only IEEE basic operations in a fixed order, so two implemen
   <= p * Z, with Z and the running mass summed sequentially in that fixed order;
 - draw: u from a counter-based stream (SplitMix64 of seed, offset, row; 53-bit uniform), then the first index (in
   index order) whose running sum of kept weights exceeds u * (sum of kept weights); sequential float64 sums.
-temperature == 0 (or top_k == 1) is greedy: the first index of the largest x.
+top_k == 1 is greedy: the first index of the largest x. NaN logits, temperature <= 0 and rows without a finite
+logit are errors.
 """
 
 from __future__ import annotations
@@ -50,10 +51,7 @@ def combine(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float,
     if uncond is not None:
         u = uncond.float()
         x = u + (x - u) * torch.tensor(cfg_scale, dtype=torch.float32)
-    x = torch.nan_to_num(x, nan=float("-inf"))
-    if temperature > 0:
-        x = x / torch.tensor(temperature, dtype=torch.float32)
-    return x
+    return x / torch.tensor(temperature, dtype=torch.float32)
 
 
 def sample_tokens(
@@ -67,6 +65,11 @@ def sample_tokens(
     offset: int,
 ) -> torch.Tensor:
     """(R, V) logits (and optional (R, V) unconditional logits) -> (R,) int64 token ids."""
+    if not temperature > 0:
+        raise ValueError(f"sample_tokens: temperature must be > 0 (top_k=1 is greedy), got {temperature}")
+    nan_rows = torch.isnan(logits).any(dim=1) | (torch.isnan(uncond).any(dim=1) if uncond is not None else False)
+    if bool(nan_rows.any()):
+        raise ValueError(f"sample_tokens: row {int(nan_rows.nonzero()[0])} has NaN logits")
     x = combine(logits, uncond, cfg_scale, temperature)  # (R, V) float32
     rows, vocab = x.shape
     out = torch.empty(rows, dtype=torch.int64, device=x.device)
@@ -79,7 +82,7 @@ def sample_tokens(
     if bool((top == float("inf")).any()):
         bad = int((top == float("inf")).nonzero()[0])
         raise ValueError(f"sample_tokens: row {bad} has an infinite logit (after guidance and temperature)")
-    if temperature == 0 or top_k == 1:
+    if top_k == 1:
         return x.argmax(dim=1)  # first index of the maximum
     keep = torch.ones_like(x, dtype=torch.bool)
     if 0 < top_k < vocab:

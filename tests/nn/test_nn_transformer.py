@@ -250,7 +250,7 @@ def _random_heads(seed=0, **overrides):
 def test_greedy_generation_equals_teacher_forced_argmax():
     model = _random_heads()
     classes = torch.tensor([0, 3, 9])
-    out = model.generate(classes, temperature=0.0)
+    out = model.generate(classes, top_k=1)
     assert out.pre.shape == out.post.shape == (3, 64)
     logits = model(out.pre, out.post, classes)  # full causal pass over the generated tokens
     assert torch.equal(logits.pre.float().argmax(-1), out.pre)
@@ -261,7 +261,7 @@ def test_greedy_generation_equals_teacher_forced_argmax():
 def test_guided_greedy_generation_equals_combined_logits():
     model = _random_heads(1)
     classes = torch.tensor([2, 5])
-    out = model.generate(classes, cfg=(1.9, 2.0), temperature=0.0)
+    out = model.generate(classes, cfg=(1.9, 2.0), top_k=1)
     cond = model(out.pre, out.post, classes)
     uncond = model(out.pre, out.post, torch.full_like(classes, 10))
     for field, scale in (("pre", 1.9), ("post", 2.0)):
@@ -294,3 +294,14 @@ def test_generate_errors():
         model.generate(torch.tensor([1]), top_k=(1.5, 2))
     with pytest.raises(ValueError, match="num_tokens"):
         model.generate(torch.tensor([1]), num_tokens=65)
+
+
+@pytest.mark.parametrize("cfg", [(1.0, 1.0), (1.9, 2.0)], ids=["nocfg", "cfg"])
+def test_kv_cache_logits_equal_the_full_forward_in_float64(cfg):
+    model = _random_heads(3)
+    classes = torch.tensor([4, 7])
+    out = model.generate(classes, cfg=cfg, top_p=(0.9, 0.9), seed=5, return_logits=True)
+    full = model(out.pre, out.post, classes)  # teacher forcing on the generated sequence
+    assert out.logits_pre.dtype == torch.float64 and out.logits_pre.shape == full.pre.shape
+    torch.testing.assert_close(out.logits_pre, full.pre, rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.logits_post, full.post, rtol=0, atol=1e-10)
