@@ -18,7 +18,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer
-from magvit2.train.config import CONFIG_DIR, TrainerConfig, _build, parse_override, read_yaml
+from magvit2.train.config import (
+    TrainerConfig,
+    _build,
+    _plain,
+    check_model_section,
+    check_sections,
+    read_config_values,
+)
 
 
 @dataclasses.dataclass
@@ -67,39 +74,14 @@ class ARTrainConfig:
         return dataclasses.replace(base, **fields)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
-
-
-AR_PRESET_FILES = ("open-magvit2-ar-B", "open-magvit2-ar-L", "open-magvit2-ar-XL", "ar-tiny")
+        return _plain(dataclasses.asdict(self))
 
 
 def load_ar_config(source: str | os.PathLike, overrides: list[str] = ()) -> ARTrainConfig:
-    path = Path(source)
-    if not path.is_file():
-        if str(source) not in AR_PRESET_FILES:
-            raise FileNotFoundError(
-                f"--config {source!r}: no such file and no such preset ({', '.join(AR_PRESET_FILES)})"
-            )
-        path = CONFIG_DIR / f"{source}.yaml"
-    values = read_yaml(path)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = values
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    valid = ["name", "model", "optim", "data", "trainer"]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"config: unknown section(s) {unknown}; valid sections: {valid}")
-    model = dict(values.get("model") or {})
-    names = ["preset"] + [f.name for f in dataclasses.fields(ARConfig)]
-    bad = sorted(set(model) - set(names))
-    if bad:
-        raise ValueError(f"model: unknown key(s) {bad}; valid keys: {names}")
-    if model.get("preset") is not None and model["preset"] not in AR_PRESETS:
-        raise ValueError(f"model.preset: unknown AR preset {model['preset']!r}; choose from {sorted(AR_PRESETS)}")
+    """An AR config: YAML file or preset (open-magvit2-ar-B/L/XL, ar-tiny), then `section.key=value` overrides."""
+    values = read_config_values(source, overrides, kind="ar")
+    check_sections(values, ["optim", "data", "trainer"])
+    model = check_model_section(values.get("model") or {}, ARConfig, AR_PRESETS)
     config = ARTrainConfig(
         model=model,
         optim=_build(AROptimConfig, values.get("optim") or {}, "optim"),

@@ -121,31 +121,33 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: {e}") from None
 
 
-def _check_model(model: dict[str, Any]) -> dict[str, Any]:
+def check_model_section(model: Any, fields_of: type, presets: dict[str, Any]) -> dict[str, Any]:
+    """The `model` section: a preset name from `presets` plus overrides of `fields_of`'s fields; YAML lists of the
+    tuple fields become tuples."""
     if not isinstance(model, dict):
         raise ValueError(f"model: expected a mapping, got {type(model).__name__}")
-    names = ["preset"] + [f.name for f in dataclasses.fields(TokenizerConfig)]
+    names = ["preset"] + [f.name for f in dataclasses.fields(fields_of)]
     unknown = sorted(set(model) - set(names))
     if unknown:
         raise ValueError(f"model: unknown key(s) {unknown}; valid keys: {names}")
-    if model.get("preset") is not None and model["preset"] not in PRESETS:
-        raise ValueError(f"model.preset: unknown preset {model['preset']!r}; choose from {sorted(PRESETS)}")
-    model = dict(model)
-    for key in ("ch_mult", "factorized_bits"):
-        if isinstance(model.get(key), list):
-            model[key] = tuple(model[key])
-    return model
+    if model.get("preset") is not None and model["preset"] not in presets:
+        raise ValueError(f"model.preset: unknown preset {model['preset']!r}; choose from {sorted(presets)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+
+
+def check_sections(values: Any, sections: list[str]) -> None:
+    if not isinstance(values, dict):
+        raise ValueError(f"config: expected a mapping at the top level, got {type(values).__name__}")
+    valid = ["name", "model", *sections]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {unknown}; valid sections: {valid}")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build and check a TrainConfig; every section is optional except that the trainer needs a length."""
-    if not isinstance(values, dict):
-        raise ValueError(f"config: expected a mapping at the top level, got {type(values).__name__}")
-    valid = ["name", "model", *SECTIONS]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"config: unknown section(s) {unknown}; valid sections: {valid}")
-    model = _check_model(values.get("model") or {})
+    check_sections(values, list(SECTIONS))
+    model = check_model_section(values.get("model") or {}, TokenizerConfig, PRESETS)
     built = {k: _build(cls, values.get(k) or {}, k) for k, cls in SECTIONS.items()}
     config = TrainConfig(model=model, name=values.get("name", "tokenizer"), **built)
     try:
@@ -155,9 +157,9 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def preset_names() -> list[str]:
-    """Tokenizer presets (the AR presets live beside them: open-magvit2-ar-*, ar-*)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if "ar-" not in p.stem)
+def preset_names(kind: str = "tokenizer") -> list[str]:
+    """Config presets of a trainer: "tokenizer", or "ar" (the files named open-magvit2-ar-* and ar-*)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if ("ar-" in p.stem) == (kind == "ar"))
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -178,14 +180,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def load_config(source: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
-    """A YAML file path or a preset name (`magvit2/train/configs/<name>.yaml`), then `section.key=value` overrides."""
+def read_config_values(source: str | os.PathLike, overrides: list[str] = (), kind: str = "tokenizer") -> dict:
+    """A YAML file path or a preset name of `kind` (`magvit2/train/configs/<name>.yaml`), then `section.key=value`
+    overrides, as a plain mapping."""
     path = Path(source)
     if not path.is_file():
-        if str(source) not in preset_names():
-            raise FileNotFoundError(
-                f"--config {source!r}: no such file and no such preset ({', '.join(preset_names())})"
-            )
+        names = preset_names(kind)
+        if str(source) not in names:
+            raise FileNotFoundError(f"--config {source!r}: no such file and no such preset ({', '.join(names)})")
         path = CONFIG_DIR / f"{source}.yaml"
     values = read_yaml(path)
     for text in overrides:
@@ -196,4 +198,9 @@ def load_config(source: str | os.PathLike, overrides: list[str] = ()) -> TrainCo
             if not isinstance(node, dict):
                 raise ValueError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return config_from_dict(values)
+    return values
+
+
+def load_config(source: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """A tokenizer config: YAML file or preset, then `section.key=value` overrides; checked."""
+    return config_from_dict(read_config_values(source, overrides))
