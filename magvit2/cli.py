@@ -102,19 +102,24 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_FLAGS = (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"), ("max_steps", "trainer.max_steps"),
+             ("accelerator", "trainer.accelerator"), ("precision", "trainer.precision"))  # fmt: skip
+
+
+def _run_overrides(args: argparse.Namespace, data_key: str) -> list[str]:
+    """--set values, then --data and the run flags given on the command line, as section.key=value overrides."""
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"{data_key}={args.data}")
+    overrides += [f"{key}={getattr(args, flag)}" for flag, key in RUN_FLAGS if getattr(args, flag) is not None]
+    return overrides
+
+
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from magvit2.train.config import load_config
     from magvit2.train.run import fit_tokenizer
 
-    overrides = list(args.set or [])
-    if args.data is not None:
-        overrides.append(f"data.train={args.data}")
-    for flag, key in (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
-                      ("max_steps", "trainer.max_steps"), ("accelerator", "trainer.accelerator"),
-                      ("precision", "trainer.precision")):  # fmt: skip
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _run_overrides(args, "data.train"))
     trainer, module = fit_tokenizer(config, args.out, resume=args.resume, progress=not args.no_progress)
     if trainer.is_global_zero:
         print(f"trained {module.batch_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
@@ -124,15 +129,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 def _train_ar(args: argparse.Namespace) -> int:
     from magvit2.train.ar import fit_ar, load_ar_config
 
-    overrides = list(args.set or [])
-    if args.data is not None:
-        overrides.append(f"data.tokens={args.data}")
-    for flag, key in (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
-                      ("max_steps", "trainer.max_steps"), ("accelerator", "trainer.accelerator"),
-                      ("precision", "trainer.precision")):  # fmt: skip
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    config = load_ar_config(args.config, overrides)
+    config = load_ar_config(args.config, _run_overrides(args, "data.tokens"))
     trainer, module = fit_ar(config, args.out, resume=args.resume, progress=not args.no_progress)
     if trainer.is_global_zero:
         print(f"trained {module.global_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
@@ -234,6 +231,18 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, *, precision: str, steps: str) -> None:
+    """The flags every `magvit2 train` command shares (see RUN_FLAGS for the config keys they set)."""
+    parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if any)")
+    parser.add_argument("--devices", help="devices per node (int or 'auto')")
+    parser.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
+    parser.add_argument("--accelerator", help="cpu, gpu, npu or auto")
+    parser.add_argument("--precision", help=f"32-true, bf16-mixed or 16-mixed {precision}".strip())
+    parser.add_argument("--max-steps", type=int, help=steps)
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model on Lightning (single device, DDP, multi-node)")
     what = train.add_subparsers(dest="what", required=True, metavar="MODEL")
@@ -243,28 +252,14 @@ def _add_train(commands) -> None:
     )
     tok.add_argument("--data", help="image folder: ImageNet layout (train/ and val/) or a plain folder")
     tok.add_argument("--out", default="runs/tokenizer", help="run folder (checkpoints/, logs/, images/)")
-    tok.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if any)")
-    tok.add_argument("--devices", help="devices per node (int or 'auto')")
-    tok.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
-    tok.add_argument("--accelerator", help="cpu, gpu, npu or auto")
-    tok.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed (the LFQ stays fp32)")
-    tok.add_argument("--max-steps", type=int, help="training steps (one G and one D update each)")
-    tok.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    tok.add_argument("--no-progress", action="store_true")
+    _add_run_flags(tok, precision="(the LFQ stays fp32)", steps="training steps (one G and one D update each)")
     tok.set_defaults(func=_train_tokenizer)
 
     ar = what.add_parser("ar", help="class-conditional AR model on token shards (magvit2 encode)")
     ar.add_argument("--config", required=True, help="YAML file or preset (open-magvit2-ar-B, -L, -XL, ar-tiny)")
     ar.add_argument("--data", help="token folder written by magvit2 encode (class = the images' parent folder)")
     ar.add_argument("--out", default="runs/ar", help="run folder (checkpoints/, logs/)")
-    ar.add_argument("--resume", help="checkpoint to continue from, or 'auto'")
-    ar.add_argument("--devices", help="devices per node (int or 'auto')")
-    ar.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
-    ar.add_argument("--accelerator", help="cpu, gpu, npu or auto")
-    ar.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed")
-    ar.add_argument("--max-steps", type=int, help="optimizer steps")
-    ar.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    ar.add_argument("--no-progress", action="store_true")
+    _add_run_flags(ar, precision="", steps="optimizer steps")
     ar.set_defaults(func=_train_ar)
 
     export = commands.add_parser("export", help="training .ckpt -> config.json + model.safetensors (EMA weights)")
