@@ -15,7 +15,14 @@ import torch
 from magvit2.nn.checkpoint import _extract_state_dict, map_official_state_dict, safe_torch_load, tokenizer_from_state
 from magvit2.nn.tokenizer import Tokenizer
 from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer
-from magvit2.nn.weights_io import CheckpointError, _listing, build_module, load_safetensors, read_format_json
+from magvit2.nn.weights_io import (
+    CheckpointError,
+    _listing,
+    build_module,
+    load_safetensors,
+    read_format_json,
+    write_format_dir,
+)
 
 TRANSFORMER_PREFIX = "transformer."
 AR_CONFIG_NAME, AR_WEIGHTS_NAME = "transformer.json", "transformer.safetensors"
@@ -94,16 +101,8 @@ def load_ar_checkpoint(
 
 def save_ar_pretrained(transformer: ARTransformer, directory: str | os.PathLike) -> None:
     """Write `transformer.json` + `transformer.safetensors` (beside a tokenizer's config.json + model.safetensors)."""
-    import json
-
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
     meta = {"format": AR_FORMAT_NAME, "format_version": AR_FORMAT_VERSION, **transformer.config.to_dict()}
-    with open(os.path.join(directory, AR_CONFIG_NAME), "w") as f:
-        json.dump(meta, f, indent=2)
-    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
-    save_file(state, os.path.join(directory, AR_WEIGHTS_NAME), metadata={"format": "pt"})
+    write_format_dir(directory, AR_CONFIG_NAME, AR_WEIGHTS_NAME, meta, transformer)
 
 
 def load_ar_pretrained(

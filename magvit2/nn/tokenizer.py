@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -21,7 +20,7 @@ from torch import nn
 from magvit2.nn.decoder import Decoder
 from magvit2.nn.encoder import Encoder
 from magvit2.nn.quantizer import LFQ, Indices, LFQOutput
-from magvit2.nn.weights_io import CheckpointError, build_module, load_safetensors, read_format_json
+from magvit2.nn.weights_io import CheckpointError, build_module, load_safetensors, read_format_json, write_format_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -222,14 +221,8 @@ class Tokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `config.json` and `model.safetensors` (float tensors as they are; contiguous copies)."""
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()}
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(meta, f, indent=2)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        write_format_dir(directory, CONFIG_NAME, WEIGHTS_NAME, meta, self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:

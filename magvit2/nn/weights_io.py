@@ -88,6 +88,24 @@ def load_safetensors(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {_first_line(e)}") from None
 
 
+def write_format_dir(
+    directory: str | os.PathLike,
+    config_name: str,
+    weights_name: str,
+    meta: dict[str, Any],
+    module: torch.nn.Module,
+) -> None:
+    """Our format: `config_name` (JSON of `meta`, which carries "format" and "format_version") and `weights_name`
+    (the module's state dict as contiguous CPU tensors in safetensors); the writer of `read_format_json`."""
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, config_name), "w") as f:
+        json.dump(meta, f, indent=2)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, os.path.join(directory, weights_name), metadata={"format": "pt"})
+
+
 def read_format_json(path: str, format_name: str, format_version: int, hint: str) -> dict[str, Any]:
     """A `config.json` of our format without its "format"/"format_version" marks; errors name the file."""
     if not os.path.isfile(path):
