@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from magvit2.nn.checkpoint import safe_torch_load
+from magvit2.nn.weights_io import check_state_dict
+
 # torchvision vgg16().features: conv indices and the LPIPS slice boundaries (relu1_2, relu2_2, relu3_3, relu4_3,
 # relu5_3). Every conv is 3x3 padding 1 followed by an in-place ReLU; max-pools sit at 4, 9, 16, 23.
 VGG16_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256),
@@ -96,25 +99,17 @@ class NetLinLayer(nn.Module):
 
 
 def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], origin: str, hint: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    shaped = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or shaped:
-        raise ValueError(
-            f"{origin}: missing {missing[:8]}{'...' if len(missing) > 8 else ''} mis-shaped {shaped[:8]}; {hint}"
-        )
-    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+    """Every key of `module` from `state` with its shape (other keys of the file are ignored)."""
+    ours = {k: v for k, v in state.items() if k in module.state_dict()}
+    check_state_dict(module, ours, origin, what=f"LPIPS ({hint})")
+    module.load_state_dict(ours, strict=True)
 
 
 def _load_file(path: str | os.PathLike, argument: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS: {argument} file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = safe_torch_load(path)  # weights_only, with a clear error for truncated or foreign files
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
