@@ -33,7 +33,7 @@ class HeldOutEvaluation(Callback):
     def __init__(self) -> None:
         self.results: dict[str, Any] = {}
 
-    def _evaluate(self, trainer, module) -> tuple[Any, Any]:
+    def _evaluate(self, trainer, module) -> Any:
         from magvit2.eval import evaluate_tokenizer
 
         loader = DataLoader(trainer.datamodule.val_set, batch_size=trainer.datamodule.config.val_batch_size)
@@ -44,11 +44,6 @@ class HeldOutEvaluation(Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self.results["final"] = self._evaluate(trainer, module)
-
-
-def _unpack(result: Any) -> tuple[Any, Any]:
-    """evaluate_tokenizer may return metrics or (metrics, counts)."""
-    return result if isinstance(result, tuple) else (result, getattr(result, "counts", None))
 
 
 def run_demo(
@@ -74,10 +69,9 @@ def run_demo(
     trainer, module = fit_tokenizer(config, out, datamodule=datamodule, progress=progress, callbacks=[evaluation])
     seconds = time.perf_counter() - start
 
-    initial, _ = _unpack(evaluation.results["initial"])
-    final, counts = _unpack(evaluation.results["final"])
+    initial, final = evaluation.results["initial"], evaluation.results["final"]
     report_dir = out / "report"
-    write_report(final, counts, report_dir)
+    write_report(final, final.counts, report_dir)
     shutil.copy(report_dir / "codebook_usage.png", out / "codebook_usage.png")
     _upscaled(out / "images" / "final.png", out / "reconstructions.png")
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
