@@ -164,7 +164,11 @@ class ARModule(L.LightningModule):
         ]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
         max_it = max(int(self.trainer.estimated_stepping_batches), 1)
-        per_epoch = max(max_it // max(self.trainer.max_epochs or 1, 1), 1) if self.trainer.max_epochs else 0
+        # batches per epoch and rank from the data itself (drop_last), not max_it // max_epochs, which is wrong
+        # when the run is bounded by max_steps
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        world = getattr(self.trainer, "world_size", 1)
+        per_epoch = len(dataset) // (self.config.data.batch_size * world) if dataset is not None else 0
         warmup = int(o.warmup_epochs * per_epoch) if o.warmup_epochs and per_epoch else o.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda it: lr_factor(it, max_it=max_it, warmup_it=warmup, wp0=o.wp0, wpe=o.wpe)
@@ -194,6 +198,7 @@ def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
 
     from magvit2.data.tokens import INDEX_NAME
     from magvit2.nn import load_checkpoint
+    from magvit2.nn.checkpoint import build_from_state
 
     index = Path(directory) / INDEX_NAME
     if not index.is_file():
@@ -202,10 +207,8 @@ def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
     source = meta.get("model")
     if not source or not Path(source).exists():
         return None
-    tok = load_checkpoint(source)
-    tok.config.factorized_bits = tuple(bits)
-    tok.quantizer.factorized_bits = list(bits)
-    return tok
+    tok = load_checkpoint(source)  # built again with the AR split rather than patched after construction
+    return build_from_state(dataclasses.replace(tok.config, factorized_bits=tuple(bits)), tok.state_dict(), source)
 
 
 def fit_ar(

@@ -103,3 +103,21 @@ def test_train_ar_errors(tmp_path, capsys):
     assert "data.tokens is not set" in capsys.readouterr().err
     assert main(["train", "ar", "--config", "ar-tiny", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "not a token folder" in capsys.readouterr().err
+
+
+def test_warmup_epochs_count_the_batches_of_an_epoch(tokens, tmp_path, monkeypatch):
+    from magvit2.train import ar
+
+    seen = {}
+    original = ar.lr_factor
+
+    def spy(it, **kw):
+        seen.update(kw)
+        return original(it, **kw)
+
+    monkeypatch.setattr(ar, "lr_factor", spy)
+    config = load_ar_config("ar-tiny", [f"data.tokens={tokens / 'tokens'}", "trainer.max_steps=3",
+                                        "optim.warmup_epochs=1.5", "data.batch_size=4"])  # fmt: skip
+    ar.fit_ar(config, tmp_path, progress=False)
+    assert seen["max_it"] == 3
+    assert seen["warmup_it"] == 6  # 16 token grids / batch 4 = 4 batches per epoch, times 1.5 epochs
