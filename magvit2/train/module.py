@@ -16,20 +16,14 @@ from typing import Any
 import lightning as L
 import torch
 
+from magvit2.eval.image_metrics import psnr as image_psnr
+from magvit2.eval.image_metrics import quantize_uint8
 from magvit2.nn.losses import TokenizerLoss
 from magvit2.nn.tokenizer import Tokenizer
 from magvit2.train.config import TrainConfig, config_from_dict
 from magvit2.train.ema import EMA
 
 OPTIMIZERS_PER_STEP = 2
-
-
-def psnr_per_image(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) per image on uint8-quantised [0, 1] images, as the official evaluation computes it: (B,)."""
-    a = ((x.float().clamp(-1, 1) + 1) * 127.5).round() / 255
-    b = ((rec.float().clamp(-1, 1) + 1) * 127.5).round() / 255
-    mse = (a - b).square().flatten(1).mean(dim=1).double()
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-20))
 
 
 class TokenizerModule(L.LightningModule):
@@ -119,7 +113,8 @@ class TokenizerModule(L.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         quantized, _ = self.tokenizer.encode(x)
         rec = self.tokenizer.decode(quantized)
-        psnr = psnr_per_image(x, rec).mean()
+        # the evaluation's PSNR; capped at 200 dB so an exact reconstruction logs a finite number
+        psnr = image_psnr(quantize_uint8(x), quantize_uint8(rec)).clamp(max=200.0).mean()
         self.log("val/psnr", psnr, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         self.log("val/l1", (x - rec.clamp(-1, 1)).abs().mean(), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
