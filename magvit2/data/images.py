@@ -65,8 +65,8 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] (clamped) -> (H, W, 3) uint8."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    """(..., 3, H, W) in [-1, 1] (clamped) -> (..., H, W, 3) uint8: one image or a batch."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:

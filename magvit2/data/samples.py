@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from magvit2.data.images import to_uint8
+
 
 @torch.inference_mode()
 def sample_images(
@@ -40,8 +42,7 @@ def sample_images(
         indices = tokens.indices(bits[0]).view(-1, side, side)
         if tokenizer.config.factorized_bits is not None:
             indices = (tokens.pre.view(-1, side, side), tokens.post.view(-1, side, side))
-        rec = tokenizer.decode_indices(indices).clamp(-1, 1)
-        images.append(((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        images.append(to_uint8(tokenizer.decode_indices(indices)))
     return np.concatenate(images), labels.numpy()
 
 

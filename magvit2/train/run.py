@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from magvit2.data.images import to_uint8
 from magvit2.train.config import TrainConfig
 from magvit2.train.module import OPTIMIZERS_PER_STEP, TokenizerModule
 
 
 def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
     """Rows of image batches (B, 3, H, W) in [-1, 1] -> one (rows*H, B*W, 3) uint8 picture."""
-    strips = [((r.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu() for r in rows]
-    return torch.cat([torch.cat(list(s), dim=2) for s in strips], dim=1).permute(1, 2, 0).numpy()
+    return np.concatenate([np.concatenate(list(to_uint8(r)), axis=1) for r in rows], axis=0)
 
 
 class ReconstructionGrid(Callback):
