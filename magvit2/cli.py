@@ -33,17 +33,24 @@ def _load_model(args: argparse.Namespace):
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from magvit2.nn.checkpoint import load_official, tokenizer_from_state
+    from magvit2.nn.checkpoint import (
+        _extract_state_dict,
+        map_official_state_dict,
+        safe_torch_load,
+        tokenizer_from_state,
+    )
 
-    loaded = load_official(args.checkpoint, use_ema=not args.no_ema)
+    # read the file once: AR checkpoints (GBs) give both the tokenizer and the transformer
+    sd = _extract_state_dict(safe_torch_load(args.checkpoint), args.checkpoint)
+    loaded = map_official_state_dict(sd, use_ema=not args.no_ema)
     overrides = {} if args.factorized_bits == "auto" else {"factorized_bits": args.factorized_bits}
     model = tokenizer_from_state(loaded, args.checkpoint, **overrides)
     model.save_pretrained(args.outdir)
     if loaded.is_ar:
-        from magvit2.nn.ar_checkpoint import load_ar_checkpoint, save_ar_pretrained
+        from magvit2.nn.ar_checkpoint import save_ar_pretrained, transformer_from_state
 
         ar_overrides = {k: v for k, v in (("n_head", args.n_head), ("block_size", args.block_size)) if v is not None}
-        transformer, _ = load_ar_checkpoint(args.checkpoint, **ar_overrides)
+        transformer = transformer_from_state(sd, args.checkpoint, **ar_overrides)
         save_ar_pretrained(transformer, args.outdir)
         t = transformer.config
         n = sum(p.numel() for p in transformer.parameters()) / 1e6

@@ -72,6 +72,17 @@ def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
     return config
 
 
+def transformer_from_state(
+    sd: dict[str, Any], origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+) -> ARTransformer:
+    """The ARTransformer of an official AR state dict (its `transformer.*` keys), architecture from the shapes."""
+    inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
+    if not inner:
+        raise CheckpointError(f"{origin} has no transformer.* keys: not an AR checkpoint (tokenizers: load_checkpoint)")
+    config = infer_ar_config(inner, **config_overrides)
+    return build_module(lambda: ARTransformer(config), inner, origin, device, what="the AR transformer")
+
+
 def load_ar_checkpoint(
     path: str | os.PathLike,
     *,
@@ -88,11 +99,7 @@ def load_ar_checkpoint(
     if os.path.isdir(path):
         return load_ar_pretrained(path, device=device)
     sd = _extract_state_dict(safe_torch_load(path), path)
-    inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
-    if not inner:
-        raise CheckpointError(f"{path} has no transformer.* keys: not an AR checkpoint (tokenizers: load_checkpoint)")
-    config = infer_ar_config(inner, **config_overrides)
-    transformer = build_module(lambda: ARTransformer(config), inner, path, device, what="the AR transformer")
+    transformer = transformer_from_state(sd, path, device=device, **config_overrides)
     loaded = map_official_state_dict(sd, use_ema=False)  # the AR configs build the tokenizer with use_ema: False
     if not loaded.is_ar:
         raise CheckpointError(f"{path} has no first_stage_model.* tokenizer next to its transformer")
