@@ -136,7 +136,11 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 def _train_ar(args: argparse.Namespace) -> int:
     from magvit2.train.ar import fit_ar, load_ar_config
 
-    config = load_ar_config(args.config, _run_overrides(args, "data.tokens"))
+    # --data names token shards or, with --tokenizer, images to tokenize on the fly
+    overrides = _run_overrides(args, "data.tokens" if args.tokenizer is None else "data.images")
+    if args.tokenizer is not None:
+        overrides.append(f"data.tokenizer={args.tokenizer}")
+    config = load_ar_config(args.config, overrides)
     trainer, module = fit_ar(config, args.out, resume=args.resume, progress=not args.no_progress)
     if trainer.is_global_zero:
         print(f"trained {module.global_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
@@ -262,9 +266,14 @@ def _add_train(commands) -> None:
     _add_run_flags(tok, precision="(the LFQ stays fp32)", steps="training steps (one G and one D update each)")
     tok.set_defaults(func=_train_tokenizer)
 
-    ar = what.add_parser("ar", help="class-conditional AR model on token shards (magvit2 encode)")
+    ar = what.add_parser("ar", help="class-conditional AR model on token shards or images + a frozen tokenizer")
     ar.add_argument("--config", required=True, help="YAML file or preset (open-magvit2-ar-B, -L, -XL, ar-tiny)")
-    ar.add_argument("--data", help="token folder written by magvit2 encode (class = the images' parent folder)")
+    ar.add_argument(
+        "--data",
+        help="token folder written by magvit2 encode, or an image folder tokenized on the fly with --tokenizer "
+        "(class = the images' parent folder)",
+    )
+    ar.add_argument("--tokenizer", help="frozen tokenizer (directory or checkpoint) for tokens on the fly")
     ar.add_argument("--out", default="runs/ar", help="run folder (checkpoints/, logs/)")
     _add_run_flags(ar, precision="", steps="optimizer steps")
     ar.set_defaults(func=_train_ar)

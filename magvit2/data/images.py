@@ -30,6 +30,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def folder_labels(paths: Sequence[str | os.PathLike]) -> tuple[list[str], torch.Tensor]:
+    """Class names (sorted parent-folder names, as in the ImageNet layout) and the (N,) class id of each path."""
+    folders = [Path(p).parent.name for p in paths]
+    names = sorted(set(folders))
+    ids = {name: i for i, name in enumerate(names)}
+    return names, torch.tensor([ids[f] for f in folders], dtype=torch.long)
+
+
 def _center_crop(img, width: int, height: int):
     left = int(round((img.width - width) / 2.0))
     top = int(round((img.height - height) / 2.0))

@@ -1,9 +1,14 @@
-"""AR training on Lightning (reference §4.4): next-sub-token cross-entropy over token shards written by
-`magvit2 encode`, AdamW (0.9, 0.95) with weight decay on matrices, the official warm-up / plateau / linear-decay
-schedule per step, grad clip 1.0, DDP as the tokenizer trainer.
+"""AR training on Lightning (reference §4.4): next-sub-token cross-entropy over tokens, AdamW (0.9, 0.95) with
+weight decay on matrices, the official warm-up / plateau / linear-decay schedule per step, grad clip 1.0, DDP as the
+tokenizer trainer.
 
-Checkpoints hold `transformer.*` and, when the shards name their tokenizer directory, the frozen tokenizer under
-`first_stage_model.*`: the official AR layout, so `magvit2 convert` and `magvit2 sample` read them directly.
+Tokens come from shards written by `magvit2 encode` (`data.tokens`), or on the fly (`data.images` +
+`data.tokenizer`): the frozen tokenizer encodes each batch of random crops under no_grad, as the official trainer
+does. Shards cost one pass over the data once; on the fly costs an encoder forward per batch (on a CPU about as
+much as the AR step itself) but sees a new crop every epoch.
+
+Checkpoints hold `transformer.*` and the frozen tokenizer under `first_stage_model.*` (when one is known): the
+official AR layout, so `magvit2 convert` and `magvit2 sample` read them directly.
 """
 
 from __future__ import annotations
@@ -51,12 +56,29 @@ class AROptimConfig:
 @dataclasses.dataclass
 class ARDataConfig:
     tokens: str | None = None  # folder written by `magvit2 encode` (factorized or full indices)
+    images: str | None = None  # or an image folder (class = parent folder), tokenized on the fly by ...
+    tokenizer: str | None = None  # ... this frozen tokenizer (our directory or a training/official checkpoint)
+    size: int = 256  # on the fly: shorter side resized to size, random size x size crop (official)
     batch_size: int = 24
     num_workers: int = 4
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive int, got {self.batch_size!r}")
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"data.size must be a positive int, got {self.size!r}")
+
+    def check_source(self) -> None:
+        """Exactly one source: token shards, or images with the tokenizer that encodes them."""
+        if self.tokens is not None and self.images is not None:
+            raise ValueError("data.tokens and data.images are both set: give token shards or images, not both")
+        if self.tokens is None and self.images is None:
+            raise ValueError(
+                "data.tokens is not set: pass --data TOKENS (a folder written by magvit2 encode), or --data IMAGES "
+                "with --tokenizer MODEL to tokenize on the fly"
+            )
+        if self.images is not None and self.tokenizer is None:
+            raise ValueError(f"data.images={self.images}: tokens on the fly need data.tokenizer (--tokenizer MODEL)")
 
 
 @dataclasses.dataclass
@@ -108,13 +130,11 @@ class TokenLabels(Dataset):
     """(pre (T,), post (T,), class id) from token shards; classes = sorted parent-folder names of the sources."""
 
     def __init__(self, directory: str | os.PathLike, bits: tuple[int, int]) -> None:
+        from magvit2.data.images import folder_labels
         from magvit2.data.tokens import TokenShards
 
         self.shards, self.bits = TokenShards(directory), bits
-        folders = [Path(s).parent.name for s in self.shards.sources]
-        self.class_names = sorted(set(folders))
-        ids = {name: i for i, name in enumerate(self.class_names)}
-        self.labels = torch.tensor([ids[f] for f in folders], dtype=torch.long)
+        self.class_names, self.labels = folder_labels(self.shards.sources)
         self.tokens = self.shards.load_all().flatten(1)  # (N, T) full indices
         if len(self.tokens) == 0:
             raise ValueError(f"{directory}: no tokens")
@@ -128,15 +148,23 @@ class TokenLabels(Dataset):
 
 
 class ARDataModule(L.LightningDataModule):
+    """Batches of (pre, post, class) from token shards, or (images, class) to be tokenized by the module."""
+
     def __init__(self, config: ARDataConfig, bits: tuple[int, int]) -> None:
         super().__init__()
-        if config.tokens is None:
-            raise ValueError("data.tokens is not set: pass --data TOKENS (a folder written by magvit2 encode)")
+        config.check_source()
         self.config, self.bits = config, bits
 
     def setup(self, stage: str | None = None) -> None:
-        if not hasattr(self, "train_set"):
+        if hasattr(self, "train_set"):
+            return
+        if self.config.tokens is not None:
             self.train_set = TokenLabels(self.config.tokens, self.bits)
+        else:
+            from magvit2.data.images import list_images
+            from magvit2.train.data import LabeledCropFolder
+
+            self.train_set = LabeledCropFolder(list_images(self.config.images), size=self.config.size)
 
     def train_dataloader(self) -> DataLoader:
         c = self.config
@@ -154,6 +182,25 @@ class ARModule(L.LightningModule):
         self.transformer = ARTransformer(config.ar_config())
         if tokenizer is not None:
             self.first_stage_model = tokenizer.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ARModule:
+        super().train(mode)
+        if hasattr(self, "first_stage_model"):  # frozen: stays in eval mode while the transformer trains
+            self.first_stage_model.eval()
+        return self
+
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) in [-1, 1] -> pre, post (B, T) sub-token ids from the frozen tokenizer."""
+        if not hasattr(self, "first_stage_model"):
+            raise ValueError("ARModule: image batches need a tokenizer (data.tokenizer) to tokenize them")
+        pre, post = self.first_stage_model.encode(images).indices  # (B, h, w) each, the AR split
+        if pre[0].numel() != self.transformer.config.block_size:
+            raise ValueError(
+                f"data.size: images of {images.shape[-2]}x{images.shape[-1]} give {pre.shape[1]}x{pre.shape[2]} "
+                f"tokens, the model's block_size is {self.transformer.config.block_size}"
+            )
+        return pre.flatten(1), post.flatten(1)
 
     def configure_optimizers(self):
         o = self.config.optim
@@ -176,7 +223,11 @@ class ARModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        pre, post, cls = batch
+        if len(batch) == 2:  # images: tokens on the fly
+            images, cls = batch
+            pre, post = self.tokenize(images)
+        else:
+            pre, post, cls = batch
         loss = self.transformer.loss(pre, post, cls)
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=pre.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=pre.shape[0])
@@ -197,22 +248,36 @@ def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
     import json
 
     from magvit2.data.tokens import INDEX_NAME
-    from magvit2.nn import load_checkpoint
-    from magvit2.nn.checkpoint import build_from_state
 
     index = Path(directory) / INDEX_NAME
     if not index.is_file():
-        raise FileNotFoundError(f"{index} not found: not a token folder written by `magvit2 encode`")
+        raise FileNotFoundError(
+            f"{index} not found: not a token folder written by `magvit2 encode` (images: add --tokenizer MODEL)"
+        )
     meta = json.loads(index.read_text())
     source = meta.get("model")
     if not source or not Path(source).exists():
         return None
+    return ar_tokenizer(source, bits)
+
+
+def ar_tokenizer(source: str | os.PathLike, bits: tuple[int, int]):
+    """A tokenizer (directory or checkpoint) built with the AR token split, frozen."""
+    from magvit2.nn import load_checkpoint
+    from magvit2.nn.checkpoint import build_from_state
+
     tok = load_checkpoint(source)  # built again with the AR split rather than patched after construction
-    return build_from_state(dataclasses.replace(tok.config, factorized_bits=tuple(bits)), tok.state_dict(), source)
+    config = dataclasses.replace(tok.config, factorized_bits=tuple(bits))
+    return build_from_state(config, tok.state_dict(), str(source)).eval().requires_grad_(False)
 
 
 def fit_ar(
-    config: ARTrainConfig, out_dir: str | os.PathLike, *, resume: str | None = None, progress: bool = True
+    config: ARTrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+    callbacks: list[L.Callback] = (),
 ) -> tuple[L.Trainer, ARModule]:
     from magvit2.train.run import build_trainer, resolve_resume
 
@@ -221,10 +286,19 @@ def fit_ar(
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     bits = config.ar_config().factorized_bits
     datamodule = ARDataModule(config.data, bits)
-    tokenizer = tokenizer_of_shards(config.data.tokens, bits)
+    if config.data.tokens is not None:
+        tokenizer = tokenizer_of_shards(config.data.tokens, bits)
+    else:
+        tokenizer = ar_tokenizer(config.data.tokenizer, bits)
     module = ARModule(config, tokenizer)
     trainer = build_trainer(
-        config, out, progress=progress, steps_per_batch=1, grid=False, gradient_clip_val=config.optim.grad_clip or None
+        config,
+        out,
+        callbacks=list(callbacks),
+        progress=progress,
+        steps_per_batch=1,
+        grid=False,
+        gradient_clip_val=config.optim.grad_clip or None,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, out))
     return trainer, module

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from magvit2.data.images import list_images, load_image
+from magvit2.data.images import folder_labels, list_images, load_image
 from magvit2.train.config import DataConfig
 
 
@@ -48,6 +48,18 @@ class RandomCropFolder(Dataset):
         left = int(torch.randint(0, img.width - self.size + 1, ()))
         pixels = np.asarray(img.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
         return _to_tensor(pixels)
+
+
+class LabeledCropFolder(RandomCropFolder):
+    """(image, class id) pairs for AR training on the fly: the random crop of RandomCropFolder, the class from the
+    parent folder's name (sorted names -> 0, 1, ...; the same ids as token shards of the same folder)."""
+
+    def __init__(self, paths: list[Path], *, size: int) -> None:
+        super().__init__(paths, size=size)
+        self.class_names, self.labels = folder_labels(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().__getitem__(i), self.labels[i]
 
 
 class CenterCropFolder(Dataset):

@@ -9,7 +9,6 @@ import torch
 from magvit2.cli import main
 from magvit2.nn import Tokenizer
 from magvit2.train.ar import ARModule, load_ar_config, lr_factor
-from magvit2.train.data import load_photo
 
 
 def test_official_schedule_hand_values():
@@ -46,26 +45,6 @@ def test_weight_decay_only_on_matrices():
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
     n_norms = 2 * (2 + 1) + 1  # two per block, one shared
     assert len(plain["params"]) == n_norms
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("ar-data")
-    tok_dir = root / "tokenizer"
-    torch.manual_seed(0)
-    Tokenizer.from_preset("tiny").save_pretrained(tok_dir)
-    for label, names in (("cat", ("chelsea", "coffee")), ("rocket", ("rocket", "astronaut"))):
-        (root / "images" / label).mkdir(parents=True)
-        for name in names:
-            photo = load_photo(name, shorter_side=64)
-            for i in range(4):
-                crop = photo[i * 8 : i * 8 + 32, i * 10 : i * 10 + 32]
-                Image.fromarray(crop).save(root / "images" / label / f"{name}{i}.png")
-    args = ["encode", "--model", str(tok_dir), "--data", str(root / "images"), "--out", str(root / "tokens")]
-    assert main([*args, "--size", "32", "--no-progress"]) == 0
-    return root
 
 
 def test_train_ar_convert_and_sample(tokens, tmp_path):
@@ -121,3 +100,59 @@ def test_warmup_epochs_count_the_batches_of_an_epoch(tokens, tmp_path, monkeypat
     ar.fit_ar(config, tmp_path, progress=False)
     assert seen["max_it"] == 3
     assert seen["warmup_it"] == 6  # 16 token grids / batch 4 = 4 batches per epoch, times 1.5 epochs
+
+
+NO_DROPOUT = ["model.token_drop=0", "model.resid_dropout_p=0", "model.ffn_dropout_p=0", "model.class_dropout_prob=0"]
+
+
+def _losses(run) -> list[float]:
+    with open(run / "logs" / "version_0" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_tokens_on_the_fly_train_exactly_as_the_shards(tokens, tmp_path):
+    # 32 x 32 images at data.size 32: the random crop is the whole image, so the frozen tokenizer must produce the
+    # shards' tokens, in the same order with the same class ids: the same batches, the same loss sequence
+    common = ["--config", "ar-tiny", "--max-steps", "4", "--no-progress", "--set", "data.batch_size=4",
+              "--set", "trainer.log_every_n_steps=1", "--set", "data.size=32"]  # fmt: skip
+    common += [a for o in NO_DROPOUT for a in ("--set", o)]
+    shards, fly = tmp_path / "shards", tmp_path / "fly"
+    assert main(["train", "ar", "--data", str(tokens / "tokens"), "--out", str(shards), *common]) == 0
+    args = ["--data", str(tokens / "images"), "--tokenizer", str(tokens / "tokenizer"), "--out", str(fly)]
+    assert main(["train", "ar", *args, *common]) == 0
+    a, b = _losses(shards), _losses(fly)
+    assert len(a) == len(b) == 4 and a == pytest.approx(b, rel=1e-6, abs=1e-6)
+    ckpt = torch.load(fly / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    frozen = {k[len("first_stage_model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("first_stage")}
+    original = Tokenizer.from_pretrained(tokens / "tokenizer").state_dict()
+    assert frozen.keys() == original.keys() and all(torch.equal(frozen[k], original[k]) for k in frozen)
+
+
+def test_tokenize_matches_the_tokenizer_split_and_checks_the_grid(tokens):
+    from magvit2.data.images import list_images, load_image
+    from magvit2.train.ar import ar_tokenizer
+
+    config = load_ar_config("ar-tiny")
+    tokenizer = ar_tokenizer(tokens / "tokenizer", (6, 12))
+    module = ARModule(config, tokenizer).train()
+    assert module.transformer.training and not module.first_stage_model.training  # frozen stays in eval mode
+    images = torch.stack([load_image(p, size=32) for p in list_images(tokens / "images")[:3]])
+    pre, post = module.tokenize(images)
+    full = Tokenizer.from_pretrained(tokens / "tokenizer").encode(images).indices.flatten(1)
+    assert pre.shape == post.shape == (3, 64) and torch.equal(pre + (post << 6), full)
+    with pytest.raises(ValueError, match="block_size is 64"):
+        module.tokenize(torch.zeros(1, 3, 48, 48))
+
+
+def test_on_the_fly_errors(tokens, tmp_path, capsys):
+    from magvit2.train.ar import ARDataConfig
+
+    with pytest.raises(ValueError, match="need data.tokenizer"):
+        ARDataConfig(images=str(tokens / "images")).check_source()
+    with pytest.raises(ValueError, match="both set"):
+        ARDataConfig(images="a", tokens="b", tokenizer="c").check_source()
+    with pytest.raises(ValueError, match="data.size must be a positive int"):
+        ARDataConfig(size=0)
+    args = ["train", "ar", "--config", "ar-tiny", "--data", str(tokens / "images"), "--out", str(tmp_path)]
+    assert main([*args, "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
