@@ -8,7 +8,7 @@ import torch
 
 from magvit2.cli import main
 from magvit2.nn import Tokenizer
-from magvit2.train.ar import ARModule, load_ar_config, lr_factor
+from magvit2.train.ar import ARModule, fit_ar, load_ar_config, lr_factor
 
 
 def test_official_schedule_hand_values():
@@ -32,19 +32,24 @@ def test_ar_presets_follow_the_official_recipes():
         load_ar_config("ar-tiny", ["model.dimm=3"])
 
 
-def test_weight_decay_only_on_matrices():
-    module = ARModule(load_ar_config("ar-tiny"))
+@pytest.mark.parametrize("decay_norms", [False, True])
+def test_weight_decay_only_on_matrices(tokens, tmp_path, decay_norms):
+    from lightning.pytorch.callbacks import Callback
 
-    class FakeTrainer:
-        estimated_stepping_batches, max_epochs = 100, None
+    seen = []
 
-    module.__dict__["_trainer"] = FakeTrainer()
-    setup = module.configure_optimizers()
-    decayed, plain = setup["optimizer"].param_groups
-    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    n_norms = 2 * (2 + 1) + 1  # two per block, one shared
-    assert len(plain["params"]) == n_norms
+    class Groups(Callback):  # weight decay of each group as the optimizer steps, in a real run
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            seen.append([(g["weight_decay"], [p.dim() for p in g["params"]]) for g in optimizer.param_groups])
+
+    overrides = [f"data.tokens={tokens / 'tokens'}", "trainer.max_steps=3", f"optim.decay_norms={decay_norms}"]
+    fit_ar(load_ar_config("ar-tiny", overrides), tmp_path, progress=False, callbacks=[Groups()])
+    (wd_matrices, dims_m), (wd_plain, dims_p) = seen[0]
+    assert wd_matrices == 0.05 and wd_plain == 0.0
+    assert all(d >= 2 for d in dims_m) and all(d == 1 for d in dims_p)
+    assert len(dims_p) == 2 * (2 + 1) + 1  # the norms: two per block, one shared
+    # the official quirk (decay_norms): from the second step on every group is decayed
+    assert [step[1][0] for step in seen[1:]] == ([0.05, 0.05] if decay_norms else [0.0, 0.0])
 
 
 def test_train_ar_convert_and_sample(tokens, tmp_path):
