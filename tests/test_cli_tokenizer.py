@@ -132,7 +132,7 @@ def test_cli_errors_are_one_line(images, model_dir, tmp_path, capsys):
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     argv = ["encode", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]
-    assert main(argv) == 2 and "cannot read image" in capsys.readouterr().err
+    assert main(argv) == 2 and "none of the 1 image files can be read: " in capsys.readouterr().err
     assert main(["reconstruct", "--model", str(tmp_path / "nope"), str(images / "camera.png"), "--out", "x"]) == 2
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,12 @@ import numpy as np
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+MAX_PIXELS = 178_956_970  # larger images are skipped, not decoded (PIL's own bomb limit; 537 MB as RGB)
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot be used as an image (empty, not an image, truncated, too large); datasets skip it."""
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -28,6 +35,81 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return files
+
+
+def _open_checked(path: Path):
+    """The lazily opened PIL image (header read, pixels not decoded), or UnreadableImage saying why."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage(f"{path}: empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+            im = Image.open(path)
+    except UnidentifiedImageError:
+        raise UnreadableImage(f"{path}: not an image file PIL can read") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImage(f"{path}: larger than {MAX_PIXELS} pixels") from None
+    except OSError as e:
+        raise UnreadableImage(f"{path}: {type(e).__name__}: {e}") from None
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise UnreadableImage(f"{path}: {im.width}x{im.height} is larger than {MAX_PIXELS} pixels")
+    return im
+
+
+def open_rgb(path: str | os.PathLike):
+    """Decode an image file to an RGB PIL image, or raise UnreadableImage saying why.
+
+    Grayscale, palette, CMYK and alpha images are converted as PIL's convert("RGB") does (alpha dropped, as the
+    official data pipeline). 16-bit and 32-bit integer images are scaled by 255 / 65535 and float images by 255
+    (convert("RGB") would clip them to white).
+    """
+    from PIL import Image
+
+    with _open_checked(Path(path)) as im:
+        try:
+            if im.mode in WIDE_MODES:
+                wide = np.asarray(im, dtype=np.float64)
+                scale = 255.0 / WIDE_MODES[im.mode] if im.mode != "I" or wide.max() > 255 else 1.0
+                gray = np.clip(np.round(wide * scale), 0, 255).astype(np.uint8)
+                return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+            return im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+            raise UnreadableImage(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[Path]:
+    """The paths whose header opens as an image of at most MAX_PIXELS; the rest are dropped with ONE warning giving
+    their count and the first `show` with the reason. Only headers are read (about 0.1 ms a file): a file that
+    fails later, when decoded (truncated data), is replaced by the next readable one (see `load_or_next`).
+    Raises ValueError when no path is usable."""
+    good, bad = [], []
+    for path in map(Path, paths):
+        try:
+            _open_checked(path).close()
+            good.append(path)
+        except UnreadableImage as e:
+            bad.append(str(e))
+    if bad:
+        first = "; ".join(bad[:show]) + ("; ..." if len(bad) > show else "")
+        warnings.warn(f"skipped {len(bad)} of {len(paths)} image files that cannot be read: {first}", stacklevel=2)
+    if not good:
+        raise ValueError(f"none of the {len(bad)} image files can be read: {first}")
+    return good
+
+
+def load_or_next(paths: Sequence[Path], i: int, load):
+    """(load(paths[j]), j) for the first j = i, i+1, ... (cyclically) whose file decodes: a file that fails only
+    when decoded costs one warning, never the DataLoader worker or the batch size."""
+    for k in range(len(paths)):
+        j = (i + k) % len(paths)
+        try:
+            return load(paths[j]), j
+        except UnreadableImage as e:
+            warnings.warn(f"skipped an image that failed to decode: {e}", stacklevel=2)
+    raise UnreadableImage(f"none of the {len(paths)} images can be decoded")
 
 
 def folder_labels(paths: Sequence[str | os.PathLike]) -> tuple[list[str], torch.Tensor]:
@@ -50,13 +132,12 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of:
     size: resize the shorter side to `size` and center-crop size x size (must be a multiple of `multiple_of`);
     None keeps the native size, center-cropped down to multiples of `multiple_of`.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        img = open_rgb(path)
+    except UnreadableImage as e:
+        raise UnreadableImage(f"cannot read image {e}") from None
     if size is not None:
         if size < multiple_of or size % multiple_of:
             raise ValueError(f"size {size} must be a positive multiple of the downsampling factor {multiple_of}")
@@ -87,13 +168,13 @@ class ImageFiles(torch.utils.data.Dataset):
     """Map-style dataset of preprocessed images: item i = ((3, H, W) tensor, i). For DataLoader workers."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], *, size: int | None, multiple_of: int) -> None:
-        self.paths, self.size, self.multiple_of = list(paths), size, multiple_of
+        self.paths, self.size, self.multiple_of = [Path(p) for p in paths], size, multiple_of
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_image(self.paths[i], size=self.size, multiple_of=self.multiple_of), i
+        return load_or_next(self.paths, i, lambda p: load_image(p, size=self.size, multiple_of=self.multiple_of))
 
 
 class ReconstructionResult(NamedTuple):

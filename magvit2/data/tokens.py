@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from magvit2.data.images import ImageFiles, list_images
+from magvit2.data.images import ImageFiles, list_images, usable_images
 
 INDEX_NAME = "tokens.json"
 FORMAT_NAME = "magvit2-tokens"
@@ -108,7 +108,7 @@ def encode_folder(
     """
     from tqdm.auto import tqdm
 
-    files = list_images(data)
+    files = usable_images(list_images(data))
     root = Path(data)
     f = model.downsample_factor
     loader = torch.utils.data.DataLoader(
@@ -130,6 +130,7 @@ def encode_folder(
     }
     writer: TokenShardWriter | None = None
     image_size: tuple[int, int] | None = None
+    written: set[int] = set()
     bar = tqdm(total=len(files), unit="img", desc="encode", disable=not progress)
     try:
         for x, ids in loader:
@@ -144,10 +145,13 @@ def encode_folder(
                     f"{odd} gives a {x.shape[-2]}x{x.shape[-1]} image, others {image_size[0]}x{image_size[1]}: "
                     "images differ in size; pass a size to resize and crop them"
                 )
-            _, indices = model.encode(x.to(device))
-            sources = [files[i].relative_to(root).as_posix() for i in ids.tolist()]
+            # a file that fails to decode is replaced by the next one (load_or_next): write each source once
+            keep = [k for k, i in enumerate(ids.tolist()) if i not in written]
+            written.update(ids[keep].tolist())
+            _, indices = model.encode(x[keep].to(device))
+            sources = [files[i].relative_to(root).as_posix() for i in ids[keep].tolist()]
             writer.add(join_groups(indices, config.factorized_bits), sources)
-            bar.update(len(sources))
+            bar.update(len(ids))
     except RuntimeError as e:
         if "stack expects each tensor to be equal size" in str(e):
             raise ValueError(f"images under {root} differ in size; pass a size to resize and crop them") from None

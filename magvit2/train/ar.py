@@ -161,10 +161,11 @@ class ARDataModule(L.LightningDataModule):
         if self.config.tokens is not None:
             self.train_set = TokenLabels(self.config.tokens, self.bits)
         else:
-            from magvit2.data.images import list_images
+            from magvit2.data.images import list_images, usable_images
             from magvit2.train.data import LabeledCropFolder
 
-            self.train_set = LabeledCropFolder(list_images(self.config.images), size=self.config.size)
+            files = usable_images(list_images(self.config.images))
+            self.train_set = LabeledCropFolder(files, size=self.config.size)
 
     def train_dataloader(self) -> DataLoader:
         c = self.config

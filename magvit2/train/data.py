@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from magvit2.data.images import folder_labels, list_images, load_image
+from magvit2.data.images import folder_labels, list_images, load_image, load_or_next, open_rgb, usable_images
 from magvit2.train.config import DataConfig
 
 
@@ -31,23 +31,27 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 class RandomCropFolder(Dataset):
-    """Images from files: resize the shorter side to `size`, random crop (torch RNG: seeded per worker by Lightning)."""
+    """Images from files: resize the shorter side to `size`, random crop (torch RNG: seeded per worker by Lightning).
+    A file that fails to decode is replaced by the next readable one (load_or_next)."""
 
     def __init__(self, paths: list[Path], *, size: int) -> None:
-        self.paths, self.size = list(paths), size
+        self.paths, self.size = [Path(p) for p in paths], size
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            img = _resize_shorter(im.convert("RGB"), self.size)
+    def _crop(self, path: Path) -> torch.Tensor:
+        img = _resize_shorter(open_rgb(path), self.size)
         top = int(torch.randint(0, img.height - self.size + 1, ()))
         left = int(torch.randint(0, img.width - self.size + 1, ()))
         pixels = np.asarray(img.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
         return _to_tensor(pixels)
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        return load_or_next(self.paths, i, self._crop)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.item(i)[0]
 
 
 class LabeledCropFolder(RandomCropFolder):
@@ -59,18 +63,19 @@ class LabeledCropFolder(RandomCropFolder):
         self.class_names, self.labels = folder_labels(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().__getitem__(i), self.labels[i]
+        image, j = self.item(i)  # the label of the image actually read
+        return image, self.labels[j]
 
 
 class CenterCropFolder(Dataset):
     def __init__(self, paths: list[Path], *, size: int) -> None:
-        self.paths, self.size = list(paths), size
+        self.paths, self.size = [Path(p) for p in paths], size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.paths[i], size=self.size)
+        return load_or_next(self.paths, i, lambda p: load_image(p, size=self.size))[0]
 
 
 def resolve_folders(train: str | os.PathLike, val: str | os.PathLike | None) -> tuple[Path, Path | None]:
@@ -95,10 +100,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
-        self.train_set = RandomCropFolder(list_images(self.train_dir), size=c.size)
+        self.train_set = RandomCropFolder(usable_images(list_images(self.train_dir)), size=c.size)
         self.val_set = None
         if self.val_dir is not None:
-            files = list_images(self.val_dir)[: c.val_images]
+            files = usable_images(list_images(self.val_dir))[: c.val_images]
             self.val_set = CenterCropFolder(files, size=c.size)
 
     def train_dataloader(self) -> DataLoader:
