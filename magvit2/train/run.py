@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from magvit2.data.images import to_uint8
 from magvit2.train.config import TrainConfig
@@ -69,6 +70,32 @@ class ReconstructionGrid(Callback):
         self.save(trainer, pl_module, "final.png")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same folder, fsynced, then renamed over the target: a killed
+    or failing write leaves the previous file whole (never a truncated .ckpt). ModelCheckpoint writes
+    step-N.ckpt before last.ckpt, so last.ckpt only moves once a complete step checkpoint exists."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself survives a power cut
+        finally:
+            os.close(fd)
+
+
 def _uses_npu(name: str) -> bool:
     return name == "npu" or (name == "auto" and importlib.util.find_spec("torch_npu") is not None)
 
@@ -116,6 +143,7 @@ def build_trainer(
         if not NPUAccelerator.is_available():
             NPUAccelerator.auto_device_count()  # raises with the reason (torch_npu / CANN missing)
         accelerator, plugins, backend = NPUAccelerator(), npu_plugins(t.precision), "hccl"
+    npu = bool(plugins)
     if strategy is None and many:
         from lightning.pytorch.strategies import DDPStrategy
 
@@ -130,11 +158,11 @@ def build_trainer(
     return L.Trainer(
         default_root_dir=out,
         accelerator=accelerator,
-        plugins=plugins or None,
+        plugins=[*plugins, AtomicCheckpointIO()],
         devices=devices,
         num_nodes=nodes,
         strategy=strategy or "auto",
-        precision=None if plugins else t.precision,
+        precision=None if npu else t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps * steps_per_batch if t.max_steps > 0 else -1,
         gradient_clip_val=gradient_clip_val,
