@@ -31,6 +31,7 @@ from magvit2.train.config import (
     check_sections,
     read_config_values,
 )
+from magvit2.train.guard import NonFiniteGuard
 
 
 @dataclasses.dataclass
@@ -181,6 +182,7 @@ class ARModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.transformer = ARTransformer(config.ar_config())
+        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
         if tokenizer is not None:
             self.first_stage_model = tokenizer.eval().requires_grad_(False)
 
@@ -230,8 +232,12 @@ class ARModule(L.LightningModule):
         else:
             pre, post, cls = batch
         loss = self.transformer.loss(pre, post, cls)
+        if self.guard.skip(self, loss, step=self.global_step):  # returning None: Lightning makes no update
+            self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=pre.shape[0])
+            return None
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=pre.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=pre.shape[0])
+        self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=pre.shape[0])
         self.log("batches", float(self.global_step + 1), on_step=True, logger=False, batch_size=pre.shape[0])
         return loss
 

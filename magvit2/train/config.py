@@ -70,8 +70,17 @@ class TrainerConfig:
     val_every_n_epochs: int = 1
     val_every_n_steps: int | None = None  # validate every N training steps instead of at epoch ends
     grid_images: int = 8
+    max_nonfinite_skips: int = 10  # consecutive NaN/inf losses skipped (no update) before the run stops
 
     def __post_init__(self) -> None:
+        if self.val_every_n_steps is not None and (
+            not isinstance(self.val_every_n_steps, int) or self.val_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"trainer.val_every_n_steps must be a positive int or null, got {self.val_every_n_steps!r}"
+            )
+        if not isinstance(self.max_nonfinite_skips, int) or self.max_nonfinite_skips < 0:
+            raise ValueError(f"trainer.max_nonfinite_skips must be an int >= 0, got {self.max_nonfinite_skips!r}")
         if self.max_epochs == -1 and self.max_steps == -1:
             raise ValueError("trainer: set max_epochs or max_steps (both are -1)")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):

@@ -22,6 +22,7 @@ from magvit2.nn.losses import TokenizerLoss
 from magvit2.nn.tokenizer import Tokenizer
 from magvit2.train.config import TrainConfig, config_from_dict
 from magvit2.train.ema import EMA
+from magvit2.train.guard import NonFiniteGuard
 
 OPTIMIZERS_PER_STEP = 2
 
@@ -40,6 +41,7 @@ class TokenizerModule(L.LightningModule):
         self.loss = TokenizerLoss(config.loss)
         self.model_ema = EMA(tokenizer, decay=config.optim.ema_decay, warmup=config.optim.ema_warmup)
         self.automatic_optimization = False
+        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
 
     @property
     def batch_step(self) -> int:
@@ -73,28 +75,37 @@ class TokenizerModule(L.LightningModule):
         step = self.batch_step
         lr = self._set_lr()
 
-        # generator: encoder + LFQ + decoder (D frozen by toggle_optimizer: no D gradients in this backward)
-        self.toggle_optimizer(opt_g)
+        # both losses first (D sees the detached reconstruction, so its value does not depend on the G update):
+        # a non-finite one skips both updates, the EMA, and the state the loss forward moved (LeCAM EMAs and the
+        # discriminator's BatchNorm statistics, a few KB: restored from this copy)
+        loss_state = [b.detach().clone() for b in self.loss.buffers()]
+        self.toggle_optimizer(opt_g)  # generator: encoder + LFQ + decoder, D frozen (no D gradients from this loss)
         rec, lfq = self.tokenizer(x)
         g = self.loss.generator_loss(x, rec, lfq, self.quantize, step=step, last_layer=self.decoder.conv_out.weight)
+        self.untoggle_optimizer(opt_g)
+        self.toggle_optimizer(opt_d)  # discriminator on real images and detached reconstructions
+        d = self.loss.discriminator_loss(x, rec.detach(), step=step)
+        self.untoggle_optimizer(opt_d)
+        if self.guard.skip(self, g.loss, d.loss, step=step):
+            with torch.no_grad():
+                for buffer, saved in zip(self.loss.buffers(), loss_state, strict=True):
+                    buffer.copy_(saved)
+            self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=x.shape[0])
+            return
+
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g.loss)
         opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
-        # discriminator on real images and detached reconstructions
-        self.toggle_optimizer(opt_d)
-        d = self.loss.discriminator_loss(x, rec.detach(), step=step)
         opt_d.zero_grad(set_to_none=True)
         if d.loss.requires_grad:
             self.manual_backward(d.loss)
         opt_d.step()
-        self.untoggle_optimizer(opt_d)
         # EMA here, not in on_train_batch_end: checkpoint callbacks run before that hook and would miss this update
         self.model_ema.update(self.tokenizer)
 
         logs = {f"train/{k}": v for k, v in {**g.logs, **d.logs}.items()}
         logs["train/lr"] = torch.tensor(lr)
+        logs["train/nonfinite_skips"] = torch.tensor(float(self.guard.total))
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         # batches done after this step: names the step checkpoints (Lightning's own step counts both optimizers)
