@@ -32,6 +32,7 @@ from magvit2.train.config import (
     read_config_values,
 )
 from magvit2.train.guard import NonFiniteGuard
+from magvit2.train.resumable import ResumableLoader
 
 
 @dataclasses.dataclass
@@ -151,10 +152,10 @@ class TokenLabels(Dataset):
 class ARDataModule(L.LightningDataModule):
     """Batches of (pre, post, class) from token shards, or (images, class) to be tokenized by the module."""
 
-    def __init__(self, config: ARDataConfig, bits: tuple[int, int]) -> None:
+    def __init__(self, config: ARDataConfig, bits: tuple[int, int], *, seed: int = 0) -> None:
         super().__init__()
         config.check_source()
-        self.config, self.bits = config, bits
+        self.config, self.bits, self.seed = config, bits, seed
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
@@ -166,13 +167,14 @@ class ARDataModule(L.LightningDataModule):
             from magvit2.train.data import LabeledCropFolder
 
             files = usable_images(list_images(self.config.images))
-            self.train_set = LabeledCropFolder(files, size=self.config.size)
+            self.train_set = LabeledCropFolder(files, size=self.config.size, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
         c = self.config
-        return DataLoader(
-            self.train_set, batch_size=c.batch_size, shuffle=True, drop_last=True, num_workers=c.num_workers
-        )
+        return ResumableLoader(
+            self.train_set, batch_size=c.batch_size, shuffle=True, drop_last=True, seed=self.seed,
+            num_workers=c.num_workers, persistent_workers=c.num_workers > 0,
+        )  # fmt: skip
 
 
 class ARModule(L.LightningModule):
@@ -292,7 +294,7 @@ def fit_ar(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     bits = config.ar_config().factorized_bits
-    datamodule = ARDataModule(config.data, bits)
+    datamodule = ARDataModule(config.data, bits, seed=config.trainer.seed)
     if config.data.tokens is not None:
         tokenizer = tokenizer_of_shards(config.data.tokens, bits)
     else:

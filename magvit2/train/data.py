@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from magvit2.data.images import folder_labels, list_images, load_image, load_or_next, open_rgb, usable_images
 from magvit2.train.config import DataConfig
+from magvit2.train.resumable import ResumableLoader
 
 
 def _resize_shorter(img, size: int):
@@ -31,39 +32,45 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 class RandomCropFolder(Dataset):
-    """Images from files: resize the shorter side to `size`, random crop (torch RNG: seeded per worker by Lightning).
-    A file that fails to decode is replaced by the next readable one (load_or_next)."""
+    """Images from files: resize the shorter side to `size`, random crop. Keys are an index or (index, epoch)
+    (ResumableLoader passes the epoch): the crop position is drawn from (seed, epoch, index), so a resumed run and
+    any number of workers crop exactly as an uninterrupted run. A file that fails to decode is replaced by the
+    next readable one (load_or_next)."""
 
-    def __init__(self, paths: list[Path], *, size: int) -> None:
-        self.paths, self.size = [Path(p) for p in paths], size
+    takes_epoch = True
+
+    def __init__(self, paths: list[Path], *, size: int, seed: int = 0) -> None:
+        self.paths, self.size, self.seed = [Path(p) for p in paths], size, seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _crop(self, path: Path) -> torch.Tensor:
+    def _crop(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
         img = _resize_shorter(open_rgb(path), self.size)
-        top = int(torch.randint(0, img.height - self.size + 1, ()))
-        left = int(torch.randint(0, img.width - self.size + 1, ()))
+        top = int(rng.integers(0, img.height - self.size + 1))
+        left = int(rng.integers(0, img.width - self.size + 1))
         pixels = np.asarray(img.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
         return _to_tensor(pixels)
 
-    def item(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_or_next(self.paths, i, self._crop)
+    def item(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, i])
+        return load_or_next(self.paths, i, lambda path: self._crop(path, rng))
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.item(i)[0]
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        return self.item(key)[0]
 
 
 class LabeledCropFolder(RandomCropFolder):
     """(image, class id) pairs for AR training on the fly: the random crop of RandomCropFolder, the class from the
     parent folder's name (sorted names -> 0, 1, ...; the same ids as token shards of the same folder)."""
 
-    def __init__(self, paths: list[Path], *, size: int) -> None:
-        super().__init__(paths, size=size)
+    def __init__(self, paths: list[Path], *, size: int, seed: int = 0) -> None:
+        super().__init__(paths, size=size, seed=seed)
         self.class_names, self.labels = folder_labels(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, j = self.item(i)  # the label of the image actually read
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        image, j = self.item(key)  # the label of the image actually read
         return image, self.labels[j]
 
 
@@ -91,16 +98,16 @@ def resolve_folders(train: str | os.PathLike, val: str | os.PathLike | None) -> 
 class ImageDataModule(L.LightningDataModule):
     """Folders of images for tokenizer training (Lightning shards the training set across ranks)."""
 
-    def __init__(self, config: DataConfig) -> None:
+    def __init__(self, config: DataConfig, *, seed: int = 0) -> None:
         super().__init__()
         if config.train is None:
             raise ValueError("data.train is not set: pass --data DIR (an image folder or an ImageNet-layout root)")
-        self.config = config
+        self.config, self.seed = config, seed
         self.train_dir, self.val_dir = resolve_folders(config.train, config.val)
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
-        self.train_set = RandomCropFolder(usable_images(list_images(self.train_dir)), size=c.size)
+        self.train_set = RandomCropFolder(usable_images(list_images(self.train_dir)), size=c.size, seed=self.seed)
         self.val_set = None
         if self.val_dir is not None:
             files = usable_images(list_images(self.val_dir))[: c.val_images]
@@ -108,11 +115,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         c = self.config
-        return DataLoader(
+        return ResumableLoader(
             self.train_set,
             batch_size=c.batch_size,
             shuffle=True,
             drop_last=True,
+            seed=self.seed,
             num_workers=c.num_workers,
             persistent_workers=c.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -121,7 +129,10 @@ class ImageDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.config.val_batch_size, num_workers=self.config.num_workers)
+        c = self.config
+        return ResumableLoader(
+            self.val_set, batch_size=c.val_batch_size, shuffle=False, drop_last=False, seed=0, num_workers=c.num_workers
+        )
 
 
 # --- the embedded default data: photographs shipped inside scikit-image (and scikit-learn when installed) ----------
@@ -205,7 +216,9 @@ class PhotoDataModule(L.LightningDataModule):
         self.val_set = PhotoCrops(heldout, size=size, length=self.val_crops, seed=self.seed + 1)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=False, drop_last=True)
+        c = self.config
+        return ResumableLoader(self.train_set, batch_size=c.batch_size, shuffle=False, drop_last=True, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.config.val_batch_size)
+        c = self.config
+        return ResumableLoader(self.val_set, batch_size=c.val_batch_size, shuffle=False, drop_last=False, seed=0)

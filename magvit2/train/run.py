@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from magvit2.data.images import to_uint8
 from magvit2.train.config import TrainConfig
 from magvit2.train.module import OPTIMIZERS_PER_STEP, TokenizerModule
+from magvit2.train.resumable import DataPosition, RngState
 
 
 def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
@@ -96,6 +97,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(fd)
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes the final state when the run ends between two checkpoint steps (Lightning
+    writes last.ckpt at the end only if it never wrote one), so a finished run's last.ckpt is its last step."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step > self._last_global_step_saved:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+
 def _uses_npu(name: str) -> bool:
     return name == "npu" or (name == "auto" and importlib.util.find_spec("torch_npu") is not None)
 
@@ -123,7 +136,7 @@ def build_trainer(
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(out, name="logs", version=version)]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="logs", version=version, default_hp_metric=False))
-    checkpoints = ModelCheckpoint(
+    checkpoints = StepCheckpoint(
         dirpath=out / "checkpoints",
         filename="step-{batches:06.0f}",
         auto_insert_metric_name=False,
@@ -171,7 +184,8 @@ def build_trainer(
         val_check_interval=t.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=loggers,
-        callbacks=[checkpoints, *grids, *bars, *callbacks],
+        callbacks=[checkpoints, DataPosition(), RngState(), *grids, *bars, *callbacks],
+        use_distributed_sampler=False,  # ResumableLoader shards by rank itself, in a resumable order
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
@@ -209,7 +223,7 @@ def fit_tokenizer(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
-    datamodule = datamodule or ImageDataModule(config.data)
+    datamodule = datamodule or ImageDataModule(config.data, seed=config.trainer.seed)
     module = TokenizerModule(config)
     trainer = build_trainer(config, out, callbacks=list(callbacks), progress=progress, strategy=strategy)
     if trainer.is_global_zero:

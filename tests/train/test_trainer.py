@@ -219,10 +219,11 @@ def test_image_datamodule_imagenet_layout_and_plain_folder(tmp_path):
     assert len(dm.train_set) == 3 and len(dm.val_set) == 1
     files = [p.name for p in dm.train_set.paths]
     rocket = files.index("rocket.JPEG")  # 427 x 640: resized to 32 x 48, so crops can move sideways
-    crops = [dm.train_set[rocket] for _ in range(6)]
+    crops = [dm.train_set[(rocket, epoch)] for epoch in range(6)]
     a = crops[0]
     assert a.shape == (3, 32, 32) and -1 <= a.min() and a.max() <= 1
-    assert any(not torch.equal(a, c) for c in crops[1:])  # random crops
+    assert any(not torch.equal(a, c) for c in crops[1:])  # a new random crop every epoch ...
+    assert torch.equal(dm.train_set[(rocket, 3)], crops[3])  # ... drawn from (seed, epoch, index): reproducible
     assert torch.equal(dm.val_set[0], dm.val_set[0]) and dm.val_set[0].shape == (3, 32, 32)  # center crop
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (2, 3, 32, 32)
