@@ -1,6 +1,8 @@
 """Triton `sample_tokens`: guidance, temperature, top-k, top-p and the counter-based draw, one program per row.
 
-Tokens are identical to magvit2/ops/sampling_reference.py (the rules live in sampling_rules.py). Per row:
+Tokens are identical to magvit2/ops/sampling_reference.py. The rules that decide them (arithmetic, visiting order,
+nucleus, draw) live in sampling_rules.py, the one file to re-sync when the reference changes; this file runs the
+phases and owns the scratch layout. Per row:
 
 1. one pass over the vocabulary: x = combine(logits, uncond) -> scratch (float32), the maximum and its first
    index (top_k = 1 stops here), NaN / non-finite checks (reported per row, raised on the host);
@@ -29,90 +31,16 @@ import triton.language as tl
 from magvit2.ops.triton._common import INTERPRET, check_device, next_power_of_2
 from magvit2.ops.triton.sampling_rules import (
     combine,
+    draw,
     exp_det,
     join_u64,
+    nucleus,
     order_key,
-    seq_prefix,
+    radix_select,
     split_u64,
     uniform,
+    visit_key,
 )
-
-POS_MAX = tl.constexpr(2**31 - 1)  # kept-list positions sit in the low 31 bits of the top-p key
-NO_BOUND = tl.constexpr(2**63 - 1)  # above every key
-
-
-@triton.jit
-def radix_select(src, n, hi, count, FROM_X: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr):
-    """The count-th largest (1-based) value below `hi` of src[0:n]: order_key of float32 x (FROM_X) or int64.
-
-    MSD radix select, 8 bits per pass: a 256-bin histogram of the next digit among the values that share the
-    prefix found so far, then the digit where the count from the top reaches `count`.
-    """
-    offs = tl.arange(0, BLOCK)
-    bins = tl.arange(0, 256)
-    prefix = tl.full([], 0, tl.int64)
-    need = count
-    for level in tl.static_range(NBITS // 8):
-        hist = tl.zeros([256], tl.int32)
-        for c0 in range(0, n, BLOCK):
-            i = c0 + offs
-            ok = i < n
-            if FROM_X:
-                v = order_key(tl.load(src + i, mask=ok, other=0.0))
-            else:
-                v = tl.load(src + i, mask=ok, other=0)
-            ok = ok & (v < hi)
-            if level > 0:
-                ok = ok & ((v >> (NBITS - 8 * level)) == prefix)
-            hist += tl.histogram(((v >> (NBITS - 8 * (level + 1))) & 255).to(tl.int32), 256, mask=ok)
-        at_least = tl.cumsum(hist, 0, reverse=True)  # values with this digit or a larger one
-        digit = tl.max(tl.where(at_least >= need, bins, -1))
-        need -= tl.sum(tl.where(bins == digit, at_least - hist, 0))
-        prefix = (prefix << 8) | digit.to(tl.int64)
-    return prefix
-
-
-@triton.jit
-def nucleus_cut(kept_key, kept_w, batch, nk, limit, BLOCK: tl.constexpr, BATCH: tl.constexpr, RANK_CHUNK: tl.constexpr):
-    """Smallest key of the nucleus: visit kept tokens by key descending, keep while the mass before <= limit."""
-    offs = tl.arange(0, BLOCK)
-    idx = tl.arange(0, BATCH)
-    hi = tl.full([], NO_BOUND, tl.int64)
-    cut = hi
-    before = tl.zeros([], tl.float64)
-    left = nk
-    go = (nk > 0).to(tl.int32)
-    while go != 0:
-        low = radix_select(kept_key, nk, hi, tl.minimum(left, BATCH), False, 64, BLOCK)
-        tl.debug_barrier()  # every thread has read the previous batch
-        nb = 0
-        for c0 in range(0, nk, BLOCK):
-            j = c0 + offs
-            v = tl.load(kept_key + j, mask=j < nk, other=-1)
-            sel = (j < nk) & (v >= low) & (v < hi)
-            tl.store(batch + nb + tl.cumsum(sel.to(tl.int32), 0) - 1, v, mask=sel)
-            nb += tl.sum(sel.to(tl.int32))
-        tl.debug_barrier()
-        # order the batch without a sort network: rank = number of larger keys, then scatter to that slot
-        keys = tl.load(batch + idx, mask=idx < nb, other=-1)
-        rank = tl.zeros([BATCH], tl.int32)
-        for i0 in range(0, nb, RANK_CHUNK):
-            i = i0 + tl.arange(0, RANK_CHUNK)
-            other = tl.load(batch + i, mask=i < nb, other=-1)
-            rank += tl.sum((other[:, None] > keys[None, :]).to(tl.int32), axis=0)
-        tl.store(batch + BATCH + rank, keys, mask=idx < nb)
-        tl.debug_barrier()
-        keys = tl.load(batch + BATCH + idx, mask=idx < nb, other=-1)
-        w = tl.load(kept_w + (POS_MAX - (keys & POS_MAX)), mask=keys >= 0, other=0.0)
-        p, after = seq_prefix(w, before, BATCH)
-        # the batch's token j is visited with mass `before` (j = 0) or p[j - 1] before it; p never decreases
-        n_in = (before <= limit).to(tl.int32) * (1 + tl.sum(((p <= limit) & (idx < nb - 1)).to(tl.int32)))
-        cut = tl.where(n_in > 0, tl.sum(tl.where(idx == n_in - 1, keys, 0)), cut)
-        before = after
-        left -= nb
-        hi = low
-        go = ((n_in == nb) & (left > 0)).to(tl.int32)
-    return cut
 
 
 @triton.jit(do_not_specialize=["top_k", "top_p_hi", "top_p_lo", "seed_hi", "seed_lo", "offset_hi", "offset_lo"])
@@ -203,45 +131,16 @@ def _sample_kernel(
             tl.store(kept_idx + pos, i, mask=keep)
             tl.store(kept_w + pos, w, mask=keep)
             if TOP_P:
-                key = (order_key(x) << 31) | (POS_MAX - pos.to(tl.int64))
-                tl.store(kept_key + r64 * V + pos, key, mask=keep)
+                tl.store(kept_key + r64 * V + pos, visit_key(x, pos), mask=keep)
             nk += tl.sum(keep.to(tl.int32))
         tl.debug_barrier()
         # 4. top-p: weights outside the nucleus become 0
         if TOP_P:
-            total = tl.zeros([], tl.float64)
-            for c0 in range(0, nk, BLOCK):
-                j = c0 + offs
-                _, total = seq_prefix(tl.load(kept_w + j, mask=j < nk, other=0.0), total, BLOCK)
             top_p = join_u64(top_p_hi, top_p_lo).to(tl.float64, bitcast=True)
-            cut = nucleus_cut(
-                kept_key + r64 * V, kept_w, batch + r64 * 2 * BATCH, nk, total * top_p, BLOCK, BATCH, RANK_CHUNK
-            )
-            for c0 in range(0, nk, BLOCK):
-                j = c0 + offs
-                outside = (j < nk) & (tl.load(kept_key + r64 * V + j, mask=j < nk, other=0) < cut)
-                tl.store(kept_w + j, 0.0, mask=outside)
-            tl.debug_barrier()
-        # 5. draw: prefix sums in index order (stored over the weights), the first above u * total
-        s = tl.zeros([], tl.float64)
-        last = -1
-        for c0 in range(0, nk, BLOCK):
-            j = c0 + offs
-            ok = j < nk
-            w = tl.load(kept_w + j, mask=ok, other=0.0)
-            p, s = seq_prefix(w, s, BLOCK)
-            tl.store(kept_w + j, p, mask=ok)
-            last = tl.maximum(last, tl.max(tl.where(ok & (w > 0.0), j, -1)))
-        tl.debug_barrier()
-        target = uniform(join_u64(seed_hi, seed_lo), join_u64(offset_hi, offset_lo), row) * s
-        hit = nk
-        for c0 in range(0, nk, BLOCK):
-            j = c0 + offs
-            ok = j < nk
-            above = ok & (tl.load(kept_w + j, mask=ok, other=0.0) > target)
-            hit = tl.minimum(hit, tl.min(tl.where(above, j, nk)))
-        pick = tl.maximum(tl.where(hit < nk, hit, last), 0)
-        token = tl.load(kept_idx + pick, mask=nk > 0, other=0)
+            nucleus(kept_key + r64 * V, kept_w, nk, top_p, batch + r64 * 2 * BATCH, BLOCK, BATCH, RANK_CHUNK)
+        # 5. draw
+        u = uniform(join_u64(seed_hi, seed_lo), join_u64(offset_hi, offset_lo), row)
+        token = draw(kept_idx, kept_w, nk, u, BLOCK)
     tl.store(out + row, token.to(tl.int64))
 
 
