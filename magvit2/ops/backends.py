@@ -2,11 +2,20 @@
 
 Order per device type (first that loads wins):
     cpu:    cpu_ext -> reference
-    others: reference            (cuda, npu, mps, xpu, ...)
+    cuda:   cuda_ext -> triton -> reference
+    others: reference            (npu, mps, xpu, ...)
 
-`MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`) applies to every device type whose table
-lists it; `cpu:reference,cuda:reference` names one per device type. An automatic pick that cannot load falls back
-silently with one warning; a forced pick that cannot load raises with the reason. `magvit2 info` prints the table.
+A backend loads only where it can run: cpu_ext when magvit2._C has CPU kernels; cuda_ext when it has CUDA kernels
+(none are built yet, so it reports that); triton when triton imports, a CUDA device exists and triton can drive it
+(`torch.utils._triton.has_triton()`), or TRITON_INTERPRET=1 is set (the interpreter: slow, for debugging kernels on
+a CUDA machine). Without a CUDA device Triton never serves automatically: CPU tensors have the C++ kernels, and the
+tests call the interpreted kernels directly (magvit2/ops/triton). Each backend declares what it covers; inputs
+outside that (e.g. float64 entropy under triton) go to the reference inside the same kernel registration.
+
+`MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`, `triton`) applies to every device type whose
+table lists it; `cpu:reference,cuda:triton` names one per device type. An automatic pick that ends on the reference
+although the device is present warns once; a forced pick that cannot load raises with the reason. A device type
+with no device present takes the reference silently (the reasons stay in the table). `magvit2 info` prints it.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +31,14 @@ import torch
 from magvit2.ops._library import OPS, qualname
 
 ENV = "MAGVIT2_BACKEND"
-ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu_ext", "reference"), "*": ("reference",)}
+ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu_ext", "reference"),
+    "cuda": ("cuda_ext", "triton", "reference"),
+    "*": ("reference",),
+}
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+EVERY_INPUT = "every input"
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,62 @@ def _load_cpu_ext() -> str:
     return f"compiled extension magvit2._C ({torch.get_num_threads()} threads)"
 
 
-LOADERS = {"cpu_ext": _load_cpu_ext, "reference": lambda: "plain-torch reference (magvit2/ops/reference.py)"}
+_TRITON_CUDA = False  # set once the Triton kernels are the CUDA kernels (they are then no evidence of cuda_ext)
+
+
+def _require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device (torch.cuda.is_available() is False)")
+
+
+def _load_cuda_ext() -> str:
+    _require_cuda()
+    importlib.import_module("magvit2._C")
+    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
+    if missing or _TRITON_CUDA:
+        raise ImportError("magvit2._C has no CUDA kernels (csrc/cuda is not built in this release)")
+    return "compiled extension magvit2._C (CUDA kernels)"
+
+
+def _load_triton() -> str:
+    global _TRITON_CUDA
+    _require_cuda()
+    try:
+        import triton  # noqa: F401  (the package, not magvit2.ops.triton)
+    except ImportError as exc:
+        raise ImportError(f"triton is not installed ({exc}); `pip install triton`") from exc
+    from torch.utils._triton import has_triton
+    from triton import knobs
+
+    if not knobs.runtime.interpret and not has_triton():
+        raise RuntimeError("triton cannot compile for this GPU (torch.utils._triton.has_triton() is False)")
+    kernels = importlib.import_module("magvit2.ops.triton")
+    kernels.register_cuda()
+    _TRITON_CUDA = True
+    mode = ", interpreted (TRITON_INTERPRET=1)" if kernels.INTERPRET else ""
+    return f"Triton {kernels.VERSION} kernels (magvit2/ops/triton){mode}"
+
+
+def _triton_coverage(op: str) -> str:
+    kernels = importlib.import_module("magvit2.ops.triton")
+    return kernels.COVERAGE[op].text if op in kernels.COVERAGE else "nothing"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """`load()` registers the kernels and returns why this backend serves (raises with why it cannot);
+    `coverage(op)` says which inputs of `op` it runs itself (the rest goes to the reference)."""
+
+    load: Callable[[], str]
+    coverage: Callable[[str], str]
+
+
+BACKENDS: dict[str, Backend] = {
+    "cpu_ext": Backend(_load_cpu_ext, lambda op: EVERY_INPUT),
+    "cuda_ext": Backend(_load_cuda_ext, lambda op: EVERY_INPUT),
+    "triton": Backend(_load_triton, _triton_coverage),
+    "reference": Backend(lambda: "plain-torch reference (magvit2/ops/reference.py)", lambda op: EVERY_INPUT),
+}
 
 
 def select(env_value: str | None = None) -> dict[str, Choice]:
@@ -77,18 +147,18 @@ def select(env_value: str | None = None) -> dict[str, Choice]:
         name = forced.get(device) or (forced.get("*") if forced.get("*") in _order(device) else None)
         if name is not None:
             try:
-                table[device] = Choice(name, f"forced by {ENV}; " + LOADERS[name]())
+                table[device] = Choice(name, f"forced by {ENV}; " + BACKENDS[name].load())
             except Exception as exc:
                 raise RuntimeError(f"{ENV} asks for {name!r} on {device}, which cannot run: {exc}") from exc
             continue
         skipped = []
         for candidate in _order(device):
             try:
-                table[device] = Choice(candidate, LOADERS[candidate]() + "".join(f"; {s}" for s in skipped))
+                table[device] = Choice(candidate, BACKENDS[candidate].load() + "".join(f"; {s}" for s in skipped))
                 break
             except Exception as exc:
                 skipped.append(f"{candidate} unavailable: {exc}")
-        if skipped:
+        if skipped and table[device].backend == "reference" and device_available(device):
             fallbacks.append(f"{device}: {'; '.join(skipped)}")
     if fallbacks:
         warnings.warn(
@@ -138,6 +208,9 @@ def info_lines() -> list[str]:
             choice = _TABLE.get(device, Choice("reference", ""))
             name = serving(op, device)
             why = choice.reason if name == choice.backend else "no device kernel registered; reference serves"
+            coverage = BACKENDS[name].coverage(op)
+            if coverage != EVERY_INPUT:
+                why += f"; serves {coverage}, the reference the rest"
             avail = "yes" if device_available(device) else "no"
             lines.append(f"{op:<22}{device:<8}{avail:<11}{name:<11}{why}")
     return lines

@@ -138,13 +138,14 @@ def _all_reduce_average(avg: torch.Tensor, n: int, group) -> torch.Tensor:
 # --- fake kernels (torch.compile / meta tracing) -------------------------------------------------------------------
 
 
+# Named so that other registrations of the same schema (magvit2/ops/triton) reuse them.
 @torch.library.register_fake(qualname("lfq_quantize"))
-def _(z, group_bits):
+def fake_lfq_quantize(z, group_bits):
     return z.new_empty(z.shape), z.new_empty((len(group_bits), z.shape[0]), dtype=torch.int64)
 
 
 @torch.library.register_fake(qualname("lfq_entropy"))
-def _(z, inv_temperature, eps):
+def fake_lfq_entropy(z, inv_temperature, eps):
     n, k = z.shape
     ka, kb = split_bits(k)
     dtype = opmath_dtype(z.dtype)
@@ -152,45 +153,55 @@ def _(z, inv_temperature, eps):
 
 
 @torch.library.register_fake(qualname("lfq_entropy_backward"))
-def _(grad_per_sample, grad_codebook, grad_avg, z, avg, inv_temperature, eps):
+def fake_lfq_entropy_backward(grad_per_sample, grad_codebook, grad_avg, z, avg, inv_temperature, eps):
     return z.new_empty(z.shape)
 
 
 # --- autograd --------------------------------------------------------------------------------------------------------
 
 
-def _quantize_setup(ctx, inputs, output):
+def quantize_setup(ctx, inputs, output):
     pass
 
 
-def _quantize_backward(ctx, grad_codes, grad_indices):
+def quantize_backward(ctx, grad_codes, grad_indices):
     # The derivative of sign() is 0 almost everywhere: no gradient flows (use a straight-through estimator).
     return None, None
 
 
-torch.library.register_autograd(qualname("lfq_quantize"), _quantize_backward, setup_context=_quantize_setup)
+torch.library.register_autograd(qualname("lfq_quantize"), quantize_backward, setup_context=quantize_setup)
 
 
-def _entropy_setup(ctx, inputs, output):
+def entropy_setup(ctx, inputs, output):
     z, inv_temperature, eps = inputs
     _, _, avg = output
     ctx.save_for_backward(z, avg)
     ctx.inv_temperature, ctx.eps = inv_temperature, eps
 
 
-def _entropy_backward(ctx, grad_per_sample, grad_codebook, grad_avg):
-    z, avg = ctx.saved_tensors
-    zero = avg.new_zeros(())
-    grad_z = torch.ops.magvit2.lfq_entropy_backward.default(
-        zero if grad_per_sample is None else grad_per_sample,
-        zero if grad_codebook is None else grad_codebook,
-        grad_avg,
-        z,
-        avg,
-        ctx.inv_temperature,
-        ctx.eps,
-    )
-    return grad_z, None, None
+def entropy_backward_through(backward_op):
+    """The autograd backward of an lfq_entropy op whose gradient is `backward_op` (same schema as
+    magvit2::lfq_entropy_backward)."""
+
+    def backward(ctx, grad_per_sample, grad_codebook, grad_avg):
+        z, avg = ctx.saved_tensors
+        zero = avg.new_zeros(())
+        grad_z = backward_op(
+            zero if grad_per_sample is None else grad_per_sample,
+            zero if grad_codebook is None else grad_codebook,
+            grad_avg,
+            z,
+            avg,
+            ctx.inv_temperature,
+            ctx.eps,
+        )
+        return grad_z, None, None
+
+    return backward
 
 
-torch.library.register_autograd(qualname("lfq_entropy"), _entropy_backward, setup_context=_entropy_setup)
+torch.library.register_autograd(
+    qualname("lfq_entropy"),
+    entropy_backward_through(torch.ops.magvit2.lfq_entropy_backward.default),
+    setup_context=entropy_setup,
+)

@@ -65,5 +65,5 @@ def sample_tokens(
 
 
 @torch.library.register_fake(qualname("sample_tokens"))
-def _(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset):
+def fake_sample_tokens(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset):
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)

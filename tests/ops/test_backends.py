@@ -120,3 +120,68 @@ def test_ops_use_extension_in_this_process():
     # The registered CPU kernel is what the public op calls (not the CompositeExplicitAutograd reference).
     assert torch._C._dispatch_has_kernel_for_dispatch_key("magvit2::lfq_quantize", "CPU")
     assert ops.lfq_quantize(torch.tensor([[1.0, -1.0]])).indices.item() == 1
+
+
+def test_cuda_order_and_no_device_here():
+    assert backends.ORDER["cuda"] == ("cuda_ext", "triton", "reference")
+    assert backends.parse_env("triton") == {"*": "triton"}
+    choice = backends.table()["cuda"]
+    if not torch.cuda.is_available():  # no device: the reference, silently, with both reasons kept for `info`
+        assert choice.backend == "reference"
+        assert "cuda_ext unavailable: no CUDA device" in choice.reason
+        assert "triton unavailable: no CUDA device" in choice.reason
+        assert parse(run(PROBE, {}).stdout)["WARNINGS"] == "0"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA device")
+def test_forced_triton_without_cuda_raises_with_the_reason():
+    with pytest.raises(RuntimeError, match="asks for 'triton' on cuda, which cannot run: no CUDA device"):
+        backends.select("cuda:triton")
+    out = run("import magvit2", {backends.ENV: "cuda:triton"})
+    assert out.returncode != 0
+    assert "MAGVIT2_BACKEND asks for 'triton' on cuda, which cannot run: no CUDA device" in out.stderr
+
+
+# A CUDA device as the registry sees it (the kernels are never called in these probes).
+FAKE_CUDA = "import torch; torch.cuda.is_available = lambda: True\n"
+CUDA_PROBE = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    from magvit2.ops import backends
+print("WARNINGS", sum(issubclass(w.category, RuntimeWarning) for w in caught))
+for w in caught:
+    print("WARNING-TEXT", w.message)
+print("CUDA", backends.table()["cuda"].backend)
+print("REASON", backends.table()["cuda"].reason)
+print("SERVING", backends.serving("lfq_entropy", "cuda"))
+for line in backends.info_lines():
+    if line.startswith("lfq_entropy ") and " cuda " in line:
+        print("INFO", line)
+"""
+
+
+def test_triton_serves_cuda_after_cuda_ext():
+    out = run(CUDA_PROBE, {"TRITON_INTERPRET": "1"}, prelude=FAKE_CUDA)
+    assert out.returncode == 0, out.stderr
+    got = parse(out.stdout)
+    assert got["CUDA"] == "triton" and got["SERVING"] == "triton" and got["WARNINGS"] == "0"
+    assert "cuda_ext unavailable: magvit2._C has no CUDA kernels" in got["REASON"]
+    assert "interpreted (TRITON_INTERPRET=1)" in got["REASON"]
+    assert "triton" in got["INFO"].split() and "serves float16/bfloat16/float32" in got["INFO"]
+
+
+@pytest.mark.parametrize(
+    "prelude, reason",
+    [
+        ("import sys; sys.modules['triton'] = None\n", "triton unavailable: triton is not installed"),
+        ("import torch.utils._triton as t; t.has_triton = lambda: False\n", "triton cannot compile for this GPU"),
+    ],
+    ids=["not-installed", "no-driver"],
+)
+def test_cuda_falls_back_to_the_reference_with_one_warning(prelude, reason):
+    out = run(CUDA_PROBE, {"TRITON_INTERPRET": "0"}, prelude=FAKE_CUDA + prelude)
+    assert out.returncode == 0, out.stderr
+    got = parse(out.stdout)
+    assert got["CUDA"] == "reference" and got["WARNINGS"] == "1" and reason in got["REASON"]
+    assert "falling back to the plain-torch reference" in got["WARNING-TEXT"] and reason in got["WARNING-TEXT"]
