@@ -2,11 +2,13 @@
 
 Order per device type (first that loads wins):
     cpu:    cpu_ext -> reference
-    others: reference            (cuda, npu, mps, xpu, ...)
+    cuda:   cuda_ext -> reference
+    others: reference            (npu, mps, xpu, ...)
 
 `MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`) applies to every device type whose table
 lists it; `cpu:reference,cuda:reference` names one per device type. An automatic pick that cannot load falls back
-silently with one warning; a forced pick that cannot load raises with the reason. `magvit2 info` prints the table.
+silently with one warning (none for a backend the installed torch cannot run at all, such as cuda_ext on a CPU-only
+torch); a forced pick that cannot load raises with the reason. `magvit2 info` prints the table.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import torch
 from magvit2.ops._library import OPS, qualname
 
 ENV = "MAGVIT2_BACKEND"
-ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu_ext", "reference"), "*": ("reference",)}
+ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpu_ext", "reference"),
+    "cuda": ("cuda_ext", "reference"),
+    "*": ("reference",),
+}
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+class Unsupported(ImportError):
+    """The installed torch cannot run this backend at all (e.g. no CUDA build): skipped without a warning."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,24 @@ def _load_cpu_ext() -> str:
     return f"compiled extension magvit2._C ({torch.get_num_threads()} threads)"
 
 
-LOADERS = {"cpu_ext": _load_cpu_ext, "reference": lambda: "plain-torch reference (magvit2/ops/reference.py)"}
+def _load_cuda_ext() -> str:
+    if not torch.version.cuda:
+        raise Unsupported(f"torch {torch.__version__} is built without CUDA")
+    try:
+        importlib.import_module("magvit2._C_cuda")
+    except ImportError as exc:
+        raise ImportError(f"magvit2._C_cuda is not built ({exc}); see README, CUDA kernels") from exc
+    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
+    if missing:
+        raise ImportError(f"magvit2._C_cuda has no CUDA kernel for {missing} (stale build? reinstall the package)")
+    return f"compiled extension magvit2._C_cuda (CUDA {torch.version.cuda})"
+
+
+LOADERS = {
+    "cpu_ext": _load_cpu_ext,
+    "cuda_ext": _load_cuda_ext,
+    "reference": lambda: "plain-torch reference (magvit2/ops/reference.py)",
+}
 
 
 def select(env_value: str | None = None) -> dict[str, Choice]:
@@ -81,14 +108,15 @@ def select(env_value: str | None = None) -> dict[str, Choice]:
             except Exception as exc:
                 raise RuntimeError(f"{ENV} asks for {name!r} on {device}, which cannot run: {exc}") from exc
             continue
-        skipped = []
+        skipped, warn = [], False
         for candidate in _order(device):
             try:
                 table[device] = Choice(candidate, LOADERS[candidate]() + "".join(f"; {s}" for s in skipped))
                 break
             except Exception as exc:
                 skipped.append(f"{candidate} unavailable: {exc}")
-        if skipped:
+                warn = warn or not isinstance(exc, Unsupported)
+        if warn:
             fallbacks.append(f"{device}: {'; '.join(skipped)}")
     if fallbacks:
         warnings.warn(
