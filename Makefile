@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++17 compiler):
 #   make demo   venv + torch + build + the main job on the embedded default data
-#   make test   the same set-up, then the tests and a smoke run of the benchmarks (what CI runs: .ci/run)
+#   make test   the same set-up, then the tests and a smoke run of the benchmarks (what CI runs: .ci/run), then
+#               the CUDA compile-and-link check where nvcc is on PATH (.ci/cuda_build_check.sh; prints a skip otherwise)
 # `make bench` runs the benchmarks at full size (MAGVIT2_BENCH_FULL=1; needs ~14 GB RAM for the naive baseline).
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export MAX_JOBS ?= 2
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test cuda-check bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest benchmarks --benchmark-disable -q
+	.ci/cuda_build_check.sh
+
+# Builds magvit2._C_cuda against torch 2.14.1 (CUDA 13.0) in a cached venv (~/.cache/magvit2) and checks that it loads
+# and registers every op for CUDA; no GPU needed. Skipped without nvcc.
+cuda-check:
+	.ci/cuda_build_check.sh
 
 bench: setup
 	MAGVIT2_BENCH_FULL=1 $(BIN)/python -m pytest benchmarks --benchmark-enable

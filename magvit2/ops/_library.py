@@ -1,8 +1,9 @@
 """The `magvit2::` op namespace: every schema is defined here, once.
 
-Kernels attach per dispatch key: the compiled extensions register `CPU` (csrc/cpu) and later `CUDA`; the plain-torch
-reference is registered as `CompositeExplicitAutograd`, so it serves every device type that has no kernel of its own
-(NPU through torch_npu, MPS, XPU, and CPU/CUDA when their extension is not selected).
+Kernels attach per dispatch key: the compiled extensions register `CPU` (csrc/cpu, magvit2._C) and `CUDA` (csrc/cuda,
+magvit2._C_cuda); the plain-torch reference is registered as `CompositeExplicitAutograd`, so it serves every device
+type that has no kernel of its own (NPU through torch_npu, MPS, XPU, and CPU/CUDA when their extension is not
+selected).
 """
 
 import torch

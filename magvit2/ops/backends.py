@@ -5,12 +5,13 @@ Order per device type (first that loads wins):
     cuda:   cuda_ext -> triton -> reference
     others: reference            (npu, mps, xpu, ...)
 
-A backend loads only where it can run: cpu_ext when magvit2._C has CPU kernels; cuda_ext when it has CUDA kernels
-(none are built yet, so it reports that); triton when triton imports, a CUDA device exists and triton can drive it
-(`torch.utils._triton.has_triton()`), or TRITON_INTERPRET=1 is set (the interpreter: slow, for debugging kernels on
-a CUDA machine). Without a CUDA device Triton never serves automatically: CPU tensors have the C++ kernels, and the
-tests call the interpreted kernels directly (magvit2/ops/triton). Each backend declares what it covers; inputs
-outside that (e.g. float64 entropy under triton) go to the reference inside the same kernel registration.
+A backend loads only where it can run: cpu_ext when magvit2._C has CPU kernels; cuda_ext when magvit2._C_cuda
+(built by setup.py with a CUDA torch and toolkit, see README) imports and has CUDA kernels; triton when triton
+imports, a CUDA device exists and triton can drive it (`torch.utils._triton.has_triton()`), or TRITON_INTERPRET=1 is
+set (the interpreter: slow, for debugging kernels on a CUDA machine). Without a CUDA device Triton never serves
+automatically: CPU tensors have the C++ kernels, and the tests call the interpreted kernels directly
+(magvit2/ops/triton). Each backend declares what it covers; inputs outside that (e.g. float64 entropy under triton)
+go to the reference inside the same kernel registration.
 
 `MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`, `triton`) applies to every device type whose
 table lists it; `cpu:reference,cuda:triton` names one per device type. An automatic pick that ends on the reference
@@ -39,6 +40,10 @@ ORDER: dict[str, tuple[str, ...]] = {
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 EVERY_INPUT = "every input"
+
+
+class Unsupported(ImportError):
+    """The installed torch cannot run this backend at all (e.g. no CUDA build): skipped without a warning."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +94,16 @@ def _require_cuda() -> None:
 
 
 def _load_cuda_ext() -> str:
-    _require_cuda()
-    importlib.import_module("magvit2._C")
+    if not torch.version.cuda:
+        raise Unsupported(f"torch {torch.__version__} is built without CUDA")
+    try:
+        importlib.import_module("magvit2._C_cuda")
+    except ImportError as exc:
+        raise ImportError(f"magvit2._C_cuda is not built ({exc}); see README, CUDA kernels") from exc
     missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
     if missing or _TRITON_CUDA:
-        raise ImportError("magvit2._C has no CUDA kernels (csrc/cuda is not built in this release)")
-    return "compiled extension magvit2._C (CUDA kernels)"
+        raise ImportError(f"magvit2._C_cuda has no CUDA kernel for {missing} (stale build? reinstall the package)")
+    return f"compiled extension magvit2._C_cuda (CUDA {torch.version.cuda})"
 
 
 def _load_triton() -> str:

@@ -59,6 +59,29 @@ def test_info_lists_every_op_and_device():
         assert next(r for r in rows if r[1] == "npu")[3] == "reference"
 
 
+@pytest.mark.skipif(bool(torch.version.cuda), reason="the reason given on a CPU-only torch")
+def test_info_gives_the_reason_cuda_ext_is_absent():
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-m", "magvit2.cli", "info"], capture_output=True, text=True, check=True
+    )
+    rows = [line for line in out.stdout.splitlines() if line.split()[1:2] == ["cuda"]]
+    assert len(rows) == len(backends.OPS)
+    for row in rows:
+        assert row.split()[3] == "reference"
+        assert f"cuda_ext unavailable: torch {torch.__version__} is built without CUDA" in row
+    # A backend this torch cannot run at all is no fallback worth a warning.
+    assert "falling back" not in out.stderr
+    assert backends.table()["cuda"].backend == "reference"
+
+
+@pytest.mark.skipif(bool(torch.version.cuda), reason="a CPU-only torch cannot run cuda_ext")
+def test_forced_cuda_ext_on_cpu_torch_raises_with_reason():
+    out = run("import magvit2.ops", {backends.ENV: "cuda:cuda_ext"})
+    assert out.returncode != 0
+    assert "MAGVIT2_BACKEND asks for 'cuda_ext' on cuda, which cannot run: torch" in out.stderr
+    assert "built without CUDA" in out.stderr
+
+
 def test_forced_reference_matches_extension():
     default = parse(run(PROBE, {}).stdout)
     forced = run(PROBE, {backends.ENV: "reference"})
@@ -102,7 +125,7 @@ def test_forced_extension_missing_raises_with_reason():
     assert "MAGVIT2_BACKEND asks for 'cpu_ext' on cpu, which cannot run" in out.stderr
 
 
-@pytest.mark.parametrize("value", ["triton_gpu", "npu:cpu_ext", "cpu:nonsense"])
+@pytest.mark.parametrize("value", ["triton_gpu", "npu:cpu_ext", "cpu:nonsense", "cpu:cuda_ext"])
 def test_bad_backend_names_raise(value):
     with pytest.raises(ValueError, match="MAGVIT2_BACKEND"):
         backends.parse_env(value)
@@ -114,6 +137,7 @@ def test_parse_env_forms():
     assert backends.parse_env(None) == {}
     assert backends.parse_env("reference") == {"*": "reference"}
     assert backends.parse_env("cpu:reference, cuda:reference") == {"cpu": "reference", "cuda": "reference"}
+    assert backends.parse_env("cuda:cuda_ext") == {"cuda": "cuda_ext"}
 
 
 def test_ops_use_extension_in_this_process():
@@ -128,7 +152,7 @@ def test_cuda_order_and_no_device_here():
     choice = backends.table()["cuda"]
     if not torch.cuda.is_available():  # no device: the reference, silently, with both reasons kept for `info`
         assert choice.backend == "reference"
-        assert "cuda_ext unavailable: no CUDA device" in choice.reason
+        assert f"cuda_ext unavailable: torch {torch.__version__} is built without CUDA" in choice.reason
         assert "triton unavailable: no CUDA device" in choice.reason
         assert parse(run(PROBE, {}).stdout)["WARNINGS"] == "0"
 
@@ -166,7 +190,7 @@ def test_triton_serves_cuda_after_cuda_ext():
     assert out.returncode == 0, out.stderr
     got = parse(out.stdout)
     assert got["CUDA"] == "triton" and got["SERVING"] == "triton" and got["WARNINGS"] == "0"
-    assert "cuda_ext unavailable: magvit2._C has no CUDA kernels" in got["REASON"]
+    assert f"cuda_ext unavailable: torch {torch.__version__} is built without CUDA" in got["REASON"]
     assert "interpreted (TRITON_INTERPRET=1)" in got["REASON"]
     assert "triton" in got["INFO"].split() and "serves float16/bfloat16/float32" in got["INFO"]
 

@@ -1,0 +1,486 @@
+// sample_tokens on CUDA: guidance, temperature, top-k, top-p and a counter-based draw, one block per row, no full sort.
+//
+// Meant to give, token for token, what csrc/cpu/sampling.cpp and magvit2/ops/sampling_reference.py give, by running
+// the same arithmetic (tests/ops/test_cuda.py compares them on a GPU): every operation that decides a token is in
+// namespace `mirror` below (float32 guidance/temperature, float64 exp_det, SplitMix64 uniform) with round-to-nearest
+// intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z, the top-p running mass, the draw's
+// running sum) is a sequential float64 sum in the reference's order, run by thread 0 over tiles that the block stages
+// and compacts (zeros skipped: adding +0 changes nothing), so only the order-free work is parallel. The top-p order
+// lives in nucleus(): re-sync it with the CPU kernel when that changes.
+//
+// Per row (block of 512 threads; scratch x (float) and w (double) rows in global memory):
+//   1. x = combine(logits, uncond) / t, NaN check, max and its first index (block reduction);  top_k == 1 stops here;
+//   2. top-k: the k-th largest x by radix select (4 passes of 8-bit digits over order-preserving keys);
+//   3. w = exp_det(x - max), 0 outside the top-k;
+//   4. top-p: tokens with w > 0 by (x descending, index ascending), 2048 at a time: radix select of the 2048th key,
+//      bitonic sort of that batch in shared memory, thread 0 adds the masses until the limit, so only the nucleus
+//      and at most one batch beyond it are ever ordered;
+//   5. draw: thread 0 writes the running sum in place of the kept w (index order), then the first index whose running
+//      sum exceeds u * sum is a parallel min-reduction.
+// Errors (NaN logits, no finite or an infinite logit) are flagged per row on the device and raised by the host after
+// one synchronising copy of the flags, with the reference's messages and row order.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace magvit2 {
+namespace {
+
+// ---- mirrored arithmetic: keep in sync with csrc/cpu/sampling.cpp and magvit2/ops/sampling_reference.py ----------
+namespace mirror {
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull, kMix1 = 0xBF58476D1CE4E5B9ull, kMix2 = 0x94D049BB133111EBull;
+// The CPU constants, as exact hex literals: ln2 split hi/lo, 1/ln2, and 1/13!, 1/12!, ..., 1/2! (EXP_COEFFS).
+constexpr double kLn2Hi = 0x1.62e42fee00000p-1, kLn2Lo = 0x1.a39ef35793c76p-33, kInvLn2 = 0x1.71547652b82fep+0;
+constexpr double kExpCutoff = -700.0;
+constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: x + kRound - kRound rounds x half-to-even
+constexpr double kTwo52 = 4503599627370496.0;  // 2^52: integer m in the low mantissa bits
+
+// 53-bit uniform in [0, 1) for (seed, offset, row): SplitMix64 finaliser of a 64-bit key.
+__device__ __forceinline__ double uniform(int64_t seed, int64_t offset, int64_t row) {
+  uint64_t z = (static_cast<uint64_t>(seed) * kGolden) ^
+               (static_cast<uint64_t>(offset) * kMix1 + static_cast<uint64_t>(row));
+  z = (z ^ (z >> 30)) * kMix1;
+  z = (z ^ (z >> 27)) * kMix2;
+  z ^= z >> 31;
+  return __dmul_rn(static_cast<double>(z >> 11), 0x1.0p-53);
+}
+
+// Guidance then temperature in float32, each operation rounded on its own: (u + (c - u) * s) / t.
+__device__ __forceinline__ float guided(float c, float u, float s) {
+  return __fadd_rn(u, __fmul_rn(__fsub_rn(c, u), s));
+}
+__device__ __forceinline__ float tempered(float v, float t) { return __fdiv_rn(v, t); }
+
+// exp(x) for x <= 0 (x = x_i - max in float64), 0 below the cutoff: magic-number rounding, degree-13 Horner,
+// 2^k built from bits; the CPU's exp_block operation for operation.
+__device__ __forceinline__ double exp_det(double x) {
+  const double k = __dsub_rn(__dadd_rn(__dmul_rn(x, kInvLn2), kRound), kRound);
+  const double r = __dsub_rn(__dsub_rn(x, __dmul_rn(k, kLn2Hi)), __dmul_rn(k, kLn2Lo));
+  double p = 0x1.6124613a86d09p-33;
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.1eed8eff8d898p-29);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.ae64567f544e4p-26);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.27e4fb7789f5cp-22);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.71de3a556c734p-19);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.a01a01a01a01ap-16);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.a01a01a01a01ap-13);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.6c16c16c16c17p-10);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.1111111111111p-7);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.5555555555555p-5);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.5555555555555p-3);
+  p = __dadd_rn(__dmul_rn(p, r), 0x1.0000000000000p-1);
+  p = __dadd_rn(__dmul_rn(p, r), 1.0);
+  p = __dadd_rn(__dmul_rn(p, r), 1.0);
+  const double m = __dadd_rn(__dadd_rn(k < -1020.0 ? -1020.0 : k, 1023.0), kTwo52);  // std::max(k, -1020.0)
+  const double scale = __longlong_as_double(static_cast<long long>(
+      static_cast<unsigned long long>(__double_as_longlong(m)) << 52));
+  return x < kExpCutoff ? 0.0 : __dmul_rn(p, scale);
+}
+
+// Top-p limit p * Z, the draw's target u * sum, and the sequential sums' step.
+__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+
+}  // namespace mirror
+
+// ---- order-free helpers -------------------------------------------------------------------------------------------
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kBatch = 2048;  // top-p: tokens ordered per round (keys + weights: 32 KiB of shared memory)
+constexpr unsigned kFull = 0xffffffffu;
+constexpr uint64_t kNoKey = ~uint64_t(0);
+
+enum Status : int32_t { kOk = 0, kNaN = 1, kNoFinite = 2, kInfinite = 3 };
+
+struct Shared {
+  uint64_t keys[kBatch];
+  double vals[kBatch];  // top-p: the batch's weights in key order; ordered scans: a compacted tile of weights
+  int32_t tile_index[kThreads];
+  unsigned hist[256];
+  unsigned warp_count[kWarps], warp_offset[kWarps];
+  float red_value[kWarps];
+  int64_t red_index[kWarps];
+  unsigned long long first, last;
+  uint64_t select_prefix, cutoff;
+  double target;
+  unsigned select_rank, count, tile_count;
+  int stop;
+};
+
+// Descending order of x as an ascending unsigned key: larger x -> smaller key; -0 and +0 share a key (they compare
+// equal, and the CPU orders equal x by index).
+__device__ __forceinline__ uint32_t descending_key(float v) {
+  uint32_t u = __float_as_uint(v);
+  u = u == 0x80000000u ? 0u : u;
+  const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return ~ascending;
+}
+
+__device__ __forceinline__ float from_descending_key(uint32_t key) {
+  const uint32_t ascending = ~key;
+  return __uint_as_float((ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending);
+}
+
+// The rank-th smallest (1-based) of the candidates' keys; `key(i, &k)` says whether token i is a candidate and sets
+// its key, of `bits` significant bits. One histogram pass over the row per 8-bit digit, most significant first.
+template <typename KeyFn>
+__device__ uint64_t radix_select(int64_t vocab, int bits, unsigned rank, const KeyFn& key, Shared& sh) {
+  const int lane = threadIdx.x & 31;
+  uint64_t prefix = 0, mask = 0;
+  for (int shift = (bits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += kThreads) sh.hist[b] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      uint64_t k;
+      if (key(i, k) && (k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {  // lane l owns bins 8l .. 8l + 7: an inclusive scan over lanes finds the rank's bin
+      unsigned own = 0;
+      for (int j = 0; j < 8; ++j) own += sh.hist[8 * lane + j];
+      unsigned inclusive = own;
+      for (int off = 1; off < 32; off <<= 1) {
+        const unsigned up = __shfl_up_sync(kFull, inclusive, off);
+        if (lane >= off) inclusive += up;
+      }
+      const unsigned before = inclusive - own;
+      if (before < rank && rank <= inclusive) {
+        unsigned below = before;
+        int b = 8 * lane;
+        while (below + sh.hist[b] < rank) below += sh.hist[b++];
+        sh.select_prefix = prefix | (static_cast<uint64_t>(b) << shift);
+        sh.select_rank = rank - below;
+      }
+    }
+    __syncthreads();
+    prefix = sh.select_prefix;
+    rank = sh.select_rank;
+    mask |= uint64_t(255) << shift;
+  }
+  return prefix;
+}
+
+// Calls visit(i, w[i]) on thread 0 for every i with w[i] != 0 (NaN included), in index order: the block stages a tile
+// of the row, compacts its nonzero entries in order (ballots + a scan over warps), thread 0 runs over them.
+template <typename Visit>
+__device__ void ordered_visit(const double* w, int64_t vocab, Shared& sh, Visit& visit) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  for (int64_t base = 0; base < vocab; base += kThreads) {
+    const int64_t i = base + threadIdx.x;
+    const double v = i < vocab ? w[i] : 0.0;
+    const bool nonzero = v != 0.0;
+    const unsigned ballot = __ballot_sync(kFull, nonzero);
+    if (lane == 0) sh.warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      const unsigned own = lane < kWarps ? sh.warp_count[lane] : 0u;
+      unsigned inclusive = own;
+      for (int off = 1; off < 32; off <<= 1) {
+        const unsigned up = __shfl_up_sync(kFull, inclusive, off);
+        if (lane >= off) inclusive += up;
+      }
+      if (lane < kWarps) sh.warp_offset[lane] = inclusive - own;
+      if (lane == 31) sh.tile_count = inclusive;
+    }
+    __syncthreads();
+    if (nonzero) {
+      const unsigned pos = sh.warp_offset[warp] + __popc(ballot & ((1u << lane) - 1u));
+      sh.vals[pos] = v;
+      sh.tile_index[pos] = static_cast<int32_t>(i);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (unsigned j = 0; j < sh.tile_count; ++j) visit(sh.tile_index[j], sh.vals[j]);
+    }
+    __syncthreads();
+  }
+}
+
+// Ascending bitonic sort of keys[0, n), n a power of two <= kBatch.
+__device__ void bitonic_sort(uint64_t* keys, int n) {
+  for (int k = 2; k <= n; k <<= 1) {
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int t = threadIdx.x; t < n; t += kThreads) {
+        const int other = t ^ j;
+        if (other > t) {
+          const uint64_t a = keys[t], b = keys[other];
+          if ((a > b) == ((t & k) == 0)) {
+            keys[t] = b;
+            keys[other] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// ---- the row steps that follow the reference's order of decisions ------------------------------------------------
+
+// Top-p (reference: visit kept tokens by x descending, ties lower index first, keep while the mass before the token
+// is <= limit): zeroes w outside the nucleus. Candidates are the tokens with w > 0 (count: n_valid); key = (descending
+// x, index), unique, so batches of kBatch consecutive keys are well defined.
+__device__ void nucleus(const float* x, double* w, int64_t vocab, int index_bits, unsigned n_valid, double limit,
+                        Shared& sh) {
+  const uint64_t index_mask = (uint64_t(1) << index_bits) - 1;
+  auto key_of = [&](int64_t i) { return (static_cast<uint64_t>(descending_key(x[i])) << index_bits) | i; };
+  unsigned consumed = 0;
+  bool bounded = false;  // keys <= boundary are already visited
+  uint64_t boundary = 0;
+  double before = 0.0;  // thread 0's running mass (the reference's sequential sum in visiting order)
+  bool everything = false, empty = false;
+  uint64_t cutoff = 0;  // key of the last token in the nucleus
+  while (true) {
+    const unsigned m = min(static_cast<unsigned>(kBatch), n_valid - consumed);
+    if (m == 0) {
+      everything = true;
+      break;
+    }
+    auto fresh = [&](int64_t i, uint64_t& k) {
+      if (!(w[i] > 0.0)) return false;
+      k = key_of(i);
+      return !bounded || k > boundary;
+    };
+    const uint64_t last_key = m == n_valid - consumed ? kNoKey : radix_select(vocab, 32 + index_bits, m, fresh, sh);
+    if (threadIdx.x == 0) sh.count = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      uint64_t k;
+      if (fresh(i, k) && k <= last_key) sh.keys[atomicAdd(&sh.count, 1u)] = k;
+    }
+    int width = 1;
+    while (width < static_cast<int>(m)) width <<= 1;
+    for (int j = static_cast<int>(m) + threadIdx.x; j < width; j += kThreads) sh.keys[j] = kNoKey;
+    __syncthreads();
+    bitonic_sort(sh.keys, width);
+    for (int j = threadIdx.x; j < static_cast<int>(m); j += kThreads) sh.vals[j] = w[sh.keys[j] & index_mask];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int stop = -1;
+      for (int j = 0; j < static_cast<int>(m); ++j) {
+        if (!(before <= limit)) {
+          stop = j;
+          break;
+        }
+        before = mirror::add(before, sh.vals[j]);
+      }
+      sh.stop = stop >= 0 ? 1 + (stop == 0 && !bounded) : 0;  // 2: nothing visited at all (limit is NaN)
+      sh.cutoff = stop > 0 ? sh.keys[stop - 1] : stop == 0 ? boundary : sh.keys[m - 1];
+    }
+    __syncthreads();
+    boundary = sh.cutoff;
+    if (sh.stop != 0) {
+      empty = sh.stop == 2;
+      cutoff = boundary;
+      break;
+    }
+    bounded = true;
+    consumed += m;
+    __syncthreads();  // the keys are rebuilt next round
+  }
+  if (!everything) {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      if (w[i] > 0.0 && (empty || key_of(i) > cutoff)) w[i] = 0.0;
+    }
+  }
+  __syncthreads();
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ uncond, int64_t vocab,
+                  int index_bits, float scale, float temperature, int64_t top_k, double top_p, int64_t seed,
+                  int64_t offset, float* __restrict__ xs, double* __restrict__ ws, int64_t* __restrict__ out,
+                  int32_t* __restrict__ status) {
+  __shared__ Shared sh;
+  const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const scalar_t* lr = logits + row * vocab;
+  const scalar_t* ur = uncond != nullptr ? uncond + row * vocab : nullptr;
+  float* x = xs + row * vocab;
+  double* w = ws + row * vocab;
+
+  // 1. guidance + temperature, NaN check, max with its first index (the CPU's `v > top` scan).
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float top = -kInf;
+  int64_t argmax = 0;
+  bool nan = false;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float c = static_cast<float>(lr[i]);
+    float v = c;
+    nan |= isnan(c);
+    if (ur != nullptr) {
+      const float u = static_cast<float>(ur[i]);
+      nan |= isnan(u);
+      v = mirror::guided(c, u, scale);
+    }
+    v = mirror::tempered(v, temperature);
+    x[i] = v;
+    if (v > top) top = v, argmax = i;
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    const float t2 = __shfl_down_sync(kFull, top, off);
+    const int64_t a2 = __shfl_down_sync(kFull, argmax, off);
+    if (t2 > top || (t2 == top && a2 < argmax)) top = t2, argmax = a2;
+  }
+  if (lane == 0) sh.red_value[warp] = top, sh.red_index[warp] = argmax;
+  nan = __syncthreads_or(nan);
+  top = sh.red_value[0];
+  argmax = sh.red_index[0];
+  for (int j = 1; j < kWarps; ++j) {
+    if (sh.red_value[j] > top || (sh.red_value[j] == top && sh.red_index[j] < argmax)) {
+      top = sh.red_value[j], argmax = sh.red_index[j];
+    }
+  }
+  const int32_t error = nan ? kNaN : top == -kInf ? kNoFinite : top == kInf ? kInfinite : kOk;
+  if (error != kOk || top_k == 1) {
+    if (threadIdx.x == 0) {
+      status[row] = error;
+      out[row] = argmax;
+    }
+    return;
+  }
+
+  // 2. top-k: the k-th largest x; tokens below it get weight 0 (ties at the threshold are kept).
+  const bool filter_k = top_k > 0 && top_k < vocab;
+  float threshold = -kInf;
+  if (filter_k) {
+    auto key = [&](int64_t i, uint64_t& k) {
+      k = descending_key(x[i]);
+      return true;
+    };
+    const uint64_t kth = radix_select(vocab, 32, static_cast<unsigned>(top_k), key, sh);
+    threshold = from_descending_key(static_cast<uint32_t>(kth));
+  }
+
+  // 3. weights.
+  if (threadIdx.x == 0) sh.count = 0;
+  __syncthreads();
+  const double dtop = static_cast<double>(top);
+  unsigned kept = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    double v = mirror::exp_det(__dsub_rn(static_cast<double>(x[i]), dtop));
+    if (filter_k && !(x[i] >= threshold)) v = 0.0;
+    w[i] = v;
+    kept += v > 0.0;
+  }
+  atomicAdd(&sh.count, kept);
+  __syncthreads();
+  const unsigned n_valid = sh.count;
+
+  // 4. top-p over Z = the sequential sum of w in index order.
+  if (top_p < 1.0) {
+    double total = 0.0;
+    auto add_total = [&](int32_t, double v) { total = mirror::add(total, v); };
+    ordered_visit(w, vocab, sh, add_total);
+    nucleus(x, w, vocab, index_bits, n_valid, mirror::mul(total, top_p), sh);  // limit only read by thread 0
+  }
+
+  // 5. draw: the running sum of the kept weights replaces them (thread 0, index order), then the first index whose
+  //    running sum exceeds u * sum; none (NaN sum) -> the last kept index, as the CPU.
+  double sum = 0.0, cum = 0.0;
+  auto running = [&](int32_t i, double v) {
+    sum = mirror::add(sum, v);
+    if (v > 0.0) {
+      cum = mirror::add(cum, v);
+      w[i] = cum;
+    } else {
+      w[i] = 0.0;  // NaN weight: never drawn, never "kept"
+    }
+  };
+  ordered_visit(w, vocab, sh, running);
+  if (threadIdx.x == 0) {
+    sh.target = mirror::mul(mirror::uniform(seed, offset, row), sum);
+    sh.first = ~0ull;
+    sh.last = 0;
+  }
+  __syncthreads();
+  const double target = sh.target;
+  unsigned long long first = ~0ull, last = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double c = w[i];
+    if (c > 0.0) {
+      last = i;
+      if (c > target && first == ~0ull) first = i;
+    }
+  }
+  if (first != ~0ull) atomicMin(&sh.first, first);
+  if (last != 0) atomicMax(&sh.last, last);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    status[row] = kOk;
+    out[row] = static_cast<int64_t>(sh.first != ~0ull ? sh.first : sh.last);
+  }
+}
+
+}  // namespace
+
+at::Tensor sample_tokens_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
+                              double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "sample_tokens: logits must be 2-D (rows, vocab), got ", logits.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "sample_tokens: logits must be floating, got ",
+                    logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "sample_tokens: logits must have a vocabulary of >= 1, got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(temperature > 0, "sample_tokens: temperature must be > 0 (top_k=1 is greedy), got ", temperature);
+  TORCH_CHECK_VALUE(top_k >= 0, "sample_tokens: top_k must be >= 0 (0 = off), got ", top_k);
+  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "sample_tokens: top_p must be in (0, 1], got ", top_p);
+  TORCH_CHECK_VALUE(logits.size(1) <= std::numeric_limits<int32_t>::max(),
+                    "sample_tokens: logits must have a vocabulary < 2^31 on CUDA, got ", logits.sizes());
+  const at::Tensor x = logits.contiguous();
+  at::Tensor un;
+  if (uncond.has_value() && uncond->defined()) {
+    TORCH_CHECK_VALUE(uncond->sizes() == logits.sizes() && uncond->scalar_type() == logits.scalar_type(),
+                      "sample_tokens: uncond must match logits (", logits.sizes(), ", ", logits.scalar_type(),
+                      "), got ", uncond->sizes(), ", ", uncond->scalar_type());
+    TORCH_CHECK_VALUE(uncond->device() == logits.device(), "sample_tokens: uncond must be on logits' device ",
+                      logits.device(), ", got ", uncond->device());
+    un = uncond->contiguous();
+  }
+  const int64_t rows = x.size(0), vocab = x.size(1);
+  at::Tensor out = at::empty({rows}, x.options().dtype(at::kLong));
+  if (rows == 0) {
+    return out;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor xs = at::empty({rows, vocab}, x.options().dtype(at::kFloat));
+  at::Tensor ws = at::empty({rows, vocab}, x.options().dtype(at::kDouble));
+  at::Tensor status = at::empty({rows}, x.options().dtype(at::kInt));
+  int index_bits = 1;
+  while ((int64_t(1) << index_bits) < vocab) ++index_bits;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sample_tokens_cuda", [&] {
+    sample_kernel<scalar_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), un.defined() ? un.const_data_ptr<scalar_t>() : nullptr, vocab, index_bits,
+        static_cast<float>(cfg_scale), static_cast<float>(temperature), top_k, top_p, seed, offset,
+        xs.mutable_data_ptr<float>(), ws.mutable_data_ptr<double>(), out.mutable_data_ptr<int64_t>(),
+        status.mutable_data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // The value errors need the rows' flags on the host: one small synchronising copy, reported in the reference's
+  // order (the first NaN row, else the first row without a finite logit, else the first with an infinite one).
+  const at::Tensor flags = status.cpu();
+  const int32_t* f = flags.const_data_ptr<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(f[r] != kNaN, "sample_tokens: row ", r, " has NaN logits");
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(f[r] != kNoFinite, "sample_tokens: row ", r, " has no finite logit");
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(f[r] != kInfinite, "sample_tokens: row ", r,
+                      " has an infinite logit (after guidance and temperature)");
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(magvit2, CUDA, m) { m.impl("sample_tokens", &sample_tokens_cuda); }
+
+}  // namespace magvit2

@@ -1,0 +1,112 @@
+"""CUDA kernels (magvit2._C_cuda) against the CPU kernels: bit-exact codes, indices and sampled tokens, entropies and
+gradients within the dtype's tolerance, opcheck. Needs a GPU and the CUDA build; skipped otherwise (the build itself
+is checked without a GPU by .ci/cuda_build_check.sh)."""
+
+import pytest
+import torch
+
+from magvit2 import ops
+from magvit2.ops import backends
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or backends.serving("lfq_quantize", "cuda") != "cuda_ext",
+    reason="needs a GPU and magvit2._C_cuda",
+)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+# Float results differ from the CPU kernel's by summation order (float32/64) and the final rounding (16-bit grads).
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=1e-4),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3),
+}
+
+
+def test_cuda_kernels_serve_every_op():
+    for op in backends.OPS:
+        assert backends.serving(op, "cuda") == "cuda_ext"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "n, k, bits",
+    [(0, 18, None), (1, 18, None), (4097, 18, None), (1023, 18, [6, 12]), (65, 62, None), (7, 70, [62, 8])],
+    ids=lambda v: str(v),
+)
+def test_quantize_bit_exact(n, k, bits, dtype):
+    z = torch.randn(n, k).to(dtype)
+    if n >= 4:
+        z[0, 0], z[1, 1], z[2, 2], z[3, 3] = 0.0, -0.0, float("nan"), float("inf")
+    for x in (z, z.t().contiguous().t()):  # contiguous and column-major
+        got, want = ops.lfq_quantize(x.cuda(), bits), ops.lfq_quantize(x, bits)
+        assert torch.equal(got.codes.cpu(), want.codes)
+        got_idx = got.indices if bits else (got.indices,)
+        want_idx = want.indices if bits else (want.indices,)
+        for g, w in zip(got_idx, want_idx, strict=True):
+            assert torch.equal(g.cpu(), w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n, k", [(1, 1), (33, 7), (4097, 18), (40000, 18), (257, 24)], ids=lambda v: str(v))
+def test_entropy_and_gradient_match_cpu(n, k, dtype):
+    z = (torch.randn(n, k) * 0.05).to(dtype)
+    out = {}
+    for device in ("cpu", "cuda"):
+        x = z.to(device).requires_grad_()
+        ps, cb = ops.lfq_entropy(x, 100.0, 1e-5)
+        avg = ops.lfq_codebook_average(x, 100.0)
+        (grad,) = torch.autograd.grad(ps - 0.5 * cb + (avg * avg).sum(), x)
+        out[device] = [t.detach().cpu().double() for t in (ps, cb, avg, grad)]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for got, want, t in zip(out["cuda"], out["cpu"], [acc, acc, acc, dtype], strict=True):
+        torch.testing.assert_close(got, want, **TOL[t])
+
+
+def test_opcheck():
+    z = torch.randn(65, 18, device="cuda") * 0.05
+    torch.library.opcheck(torch.ops.magvit2.lfq_quantize.default, (z, [6, 12]))
+    torch.library.opcheck(torch.ops.magvit2.lfq_entropy.default, (z.double().requires_grad_(), 30.0, 1e-5))
+    logits = torch.randn(7, 4096, device="cuda")
+    torch.library.opcheck(torch.ops.magvit2.sample_tokens.default, (logits, None, 1.0, 1.0, 50, 0.9, 3, 1))
+
+
+SETTINGS = [
+    dict(),
+    dict(temperature=0.7),
+    dict(temperature=1.3, top_k=50),
+    dict(top_p=0.9),
+    dict(top_k=100, top_p=0.8, temperature=1.1),
+    dict(top_k=1),
+    dict(top_k=5000),
+    dict(top_p=0.01),
+    dict(top_p=0.999),  # a nucleus of many 2048-token rounds
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows, vocab", [(1, 1), (3, 2), (5, 1001), (64, 64), (7, 4096), (3, 2**18)], ids=str)
+@pytest.mark.parametrize("cfg", [None, 1.9], ids=["nocfg", "cfg1.9"])
+def test_sample_tokens_match_cpu_exactly(rows, vocab, dtype, cfg):
+    g = torch.Generator().manual_seed(rows * vocab)
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(dtype)
+    uncond = (torch.randn(rows, vocab, generator=g) * 3).to(dtype) if cfg else None
+    for i, s in enumerate(SETTINGS):
+        kw = dict(s, cfg_scale=cfg or 1.0, seed=1234 + i, offset=7 * i)
+        got = ops.sample_tokens(logits.cuda(), uncond=None if uncond is None else uncond.cuda(), **kw)
+        want = ops.sample_tokens(logits, uncond=uncond, **kw)
+        assert torch.equal(got.cpu(), want), (s, got, want)
+
+
+def test_sample_tokens_ties_and_errors():
+    tied = torch.randint(-2, 3, (16, 300)).float()
+    tied[:, :7] = torch.tensor([0.0, -0.0, 2.0, 2.0, -0.0, 0.0, 2.0])
+    for kw in (dict(top_k=1), dict(top_k=3), dict(top_p=0.5), dict(top_k=20, top_p=0.3)):
+        assert torch.equal(ops.sample_tokens(tied.cuda(), seed=5, **kw).cpu(), ops.sample_tokens(tied, seed=5, **kw))
+    bad = torch.zeros(3, 10, device="cuda")
+    bad[2, 4] = float("nan")
+    bad[1] = float("-inf")
+    with pytest.raises(ValueError, match="row 2 has NaN logits"):
+        ops.sample_tokens(bad)
+    bad[2, 4] = float("inf")
+    with pytest.raises(ValueError, match="row 1 has no finite logit"):
+        ops.sample_tokens(bad)
