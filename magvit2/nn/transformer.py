@@ -164,24 +164,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, self.dim)))
 
-    def step(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-        """One new position per row: x (R, 1, dim), rope (1, D/2, 2); writes k, v at `pos` of the static cache and
-        attends over positions <= pos with a mask (fixed shapes: a compiled step is reused for every position)."""
-        r = x.shape[0]
-        q, k, v = self.wqkv(x).split(self.dim, dim=-1)
-        q, k, v = (y.view(r, 1, self.n_head, self.head_dim) for y in (q, k, v))
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        cache.k.index_copy_(2, pos.view(1), k.transpose(1, 2))
-        cache.v.index_copy_(2, pos.view(1), v.transpose(1, 2))
-        mask = (torch.arange(cache.k.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # positions written so far
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k, cache.v, attn_mask=mask)
-        return self.wo(out.transpose(1, 2).reshape(r, 1, self.dim))
-
-
-class KVCache(NamedTuple):
-    k: torch.Tensor  # (R, H, S, D), preallocated
-    v: torch.Tensor
-
 
 class FeedForward(nn.Module):
     def __init__(self, config: ARConfig) -> None:
@@ -207,10 +189,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope)
-        return h + self.feed_forward(self.ffn_norm(h))
-
-    def step(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention.step(self.attention_norm(x), rope, cache, pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -326,7 +304,7 @@ class ARTransformer(nn.Module):
         return ARLogits(self.head[0](x[:, 0]).view(b, t, -1), self.head[1](x[:, 1]).view(b, t, -1))
 
     def generate(self, classes: torch.Tensor, **settings: Any) -> Generated:
-        """Sample (pre, post) token grids for `classes`; see `generate` for the settings."""
+        """Sample (pre, post) token grids for `classes`; see `magvit2.nn.generation.generate` for the settings."""
         return generate(self, classes, **settings)
 
     def loss(self, pre: torch.Tensor, post: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -337,113 +315,23 @@ class ARTransformer(nn.Module):
         )
 
 
-class Generated(NamedTuple):
-    pre: torch.Tensor  # (B, T) int64, bits 0..k0-1 of each token
-    post: torch.Tensor  # (B, T) int64, the remaining bits
-    logits_pre: torch.Tensor | None = None  # (B, T, 2^k0) conditional logits before guidance (return_logits=True)
-    logits_post: torch.Tensor | None = None  # (B, T, 2^k1)
+# generation lives in its own module; these names stay importable from here
+from magvit2.nn.generation import DecodeStep, Generated, KVCache, generate  # noqa: E402
 
-    def indices(self, pre_bits: int = 6) -> torch.Tensor:
-        """Full token ids pre + post << pre_bits (the tokenizer's unfactorized index), (B, T)."""
-        return self.pre + (self.post << pre_bits)
-
-
-def _pair(name: str, value: Any, kind: type) -> tuple[Any, Any]:
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"generate: {name} must be a {kind.__name__} or a pair (pre, post) of them, got {value!r}")
-    return pair
-
-
-@torch.no_grad()
-def generate(
-    model: ARTransformer,
-    classes: torch.Tensor,
-    *,
-    cfg: float | tuple[float, float] = (1.0, 1.0),
-    temperature: float | tuple[float, float] = (1.0, 1.0),
-    top_k: int | tuple[int, int] = (0, 0),
-    top_p: float | tuple[float, float] = (1.0, 1.0),
-    seed: int = 0,
-    num_tokens: int | None = None,
-    return_logits: bool = False,
-) -> Generated:
-    """Sample token grids for `classes` (B,), settings per sub-token (pre, post) as in the official sampler.
-
-    Classifier-free guidance batches [cond; null class] rows when a scale differs from 1 (the official applies it
-    per sub-token only where its scale is > 1). The spatial blocks write a preallocated (2B, H, T, D) cache; the intra
-    blocks reuse a 2-slot cache every step; sub-token draws use `ops.sample_tokens` with offsets 2n and 2n + 1, so a
-    (model, classes, settings, seed) gives the same tokens on every backend.
-    """
-    from magvit2 import ops
-
-    c = model.config
-    cfg_, temp_ = _pair("cfg", cfg, (int, float)), _pair("temperature", temperature, (int, float))
-    k_, p_ = _pair("top_k", top_k, int), _pair("top_p", top_p, (int, float))
-    if not isinstance(classes, torch.Tensor) or classes.dim() != 1 or classes.is_floating_point():
-        raise ValueError(f"generate: classes must be a (B,) integer tensor, got {getattr(classes, 'shape', classes)}")
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= c.class_num):
-        raise ValueError(
-            f"generate: class ids must lie in [0, {c.class_num}), got [{int(classes.min())}, {int(classes.max())}]"
-        )
-    steps = c.block_size if num_tokens is None else num_tokens
-    if not 1 <= steps <= c.block_size:
-        raise ValueError(f"generate: num_tokens must be in [1, {c.block_size}], got {num_tokens}")
-    was_training = model.training
-    model.eval()
-    param = model.pre_emb.weight
-    device, dtype = param.device, param.dtype
-    b = classes.shape[0]
-    guided = any(s > 1 for s in cfg_)
-    labels = classes.to(device)
-    if guided:
-        labels = torch.cat([labels, torch.full_like(labels, c.class_num)])
-    r, heads, hd = labels.shape[0], c.n_head, c.head_dim
-
-    def caches(n: int, length: int) -> list[KVCache]:
-        return [
-            KVCache(*(torch.zeros(r, heads, length, hd, device=device, dtype=dtype) for _ in range(2)))
-            for _ in range(n)
-        ]
-
-    spatial, intra = caches(c.spatial_n_layer, steps), caches(c.factorized_n_layer, 2)
-    rope = model.rope.to(device)
-    pre_out = torch.empty(b, steps, dtype=torch.long, device=device)
-    post_out = torch.empty_like(pre_out)
-    x = model.class_emb.embedding_table(labels)[:, None]  # (R, 1, dim): position 0 is the class
-    slot0, slot1 = torch.tensor(0, device=device), torch.tensor(1, device=device)
-
-    kept: list[list[torch.Tensor]] = [[], []]
-
-    def draw(logits: torch.Tensor, sub: int, offset: int) -> torch.Tensor:
-        if return_logits:
-            kept[sub].append(logits[:b].clone())
-        logits = logits.float()
-        kwargs = dict(temperature=float(temp_[sub]), top_k=k_[sub], top_p=float(p_[sub]), seed=seed, offset=offset)
-        if guided and cfg_[sub] > 1:
-            return ops.sample_tokens(logits[:b], uncond=logits[b:], cfg_scale=float(cfg_[sub]), **kwargs)
-        return ops.sample_tokens(logits[:b], **kwargs)
-
-    try:
-        for n in range(steps):
-            pos = torch.tensor(n, device=device)
-            h = x
-            for block, cache in zip(model.spatial_blocks, spatial, strict=True):
-                h = block.step(h, rope.index_select(0, pos.view(1)), cache, pos)
-            z = h
-            for block, cache in zip(model.factorized_blocks, intra, strict=True):
-                z = block.step(z, rope[0:1], cache, slot0)
-            pre = draw(model.head[0](model.norm(z))[:, 0], 0, 2 * n)
-            pre_rows = pre.repeat(2) if guided else pre
-            z = model.pre_emb(pre_rows)[:, None]
-            for block, cache in zip(model.factorized_blocks, intra, strict=True):
-                z = block.step(z, rope[1:2], cache, slot1)
-            post = draw(model.head[1](model.norm(z))[:, 0], 1, 2 * n + 1)
-            post_rows = post.repeat(2) if guided else post
-            pre_out[:, n], post_out[:, n] = pre, post
-            x = (model.pre_emb(pre_rows) + model.post_emb(post_rows))[:, None]
-    finally:
-        model.train(was_training)
-    if return_logits:
-        return Generated(pre_out, post_out, torch.stack(kept[0], dim=1), torch.stack(kept[1], dim=1))
-    return Generated(pre_out, post_out)
+__all__ = [
+    "AR_PRESETS",
+    "ARConfig",
+    "ARLogits",
+    "ARTransformer",
+    "Attention",
+    "Block",
+    "DecodeStep",
+    "FeedForward",
+    "Generated",
+    "KVCache",
+    "LabelEmbedder",
+    "RMSNorm",
+    "apply_rope",
+    "generate",
+    "rope_table_2d",
+]

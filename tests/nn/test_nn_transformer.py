@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer, apply_rope, rope_table_2d
+from magvit2.nn.transformer import AR_PRESETS, ARConfig, ARTransformer, DecodeStep, apply_rope, rope_table_2d
 
 
 def _meta(name):
@@ -305,3 +305,40 @@ def test_kv_cache_logits_equal_the_full_forward_in_float64(cfg):
     assert out.logits_pre.dtype == torch.float64 and out.logits_pre.shape == full.pre.shape
     torch.testing.assert_close(out.logits_pre, full.pre, rtol=0, atol=1e-10)
     torch.testing.assert_close(out.logits_post, full.post, rtol=0, atol=1e-10)
+
+
+def test_generate_with_a_compiled_static_step_matches_eager():
+    """The static decode step compiles as one graph per half (fullgraph, no recompilation across positions) and
+    samples the same tokens; backend "eager" keeps the test to Dynamo's capture (inductor takes tens of seconds)."""
+    import torch._dynamo.testing
+
+    model = _random_heads(4).float()
+    classes = torch.tensor([2, 6])
+    settings = dict(cfg=(1.9, 2.0), top_p=(0.9, 0.9), seed=7, num_tokens=5, return_logits=True)
+    eager = model.generate(classes, **settings)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    compiled = model.generate(classes, compile=counter, **settings)
+    assert counter.frame_count == 2  # pre_logits and post_logits, each captured once for all 5 positions
+    assert torch.equal(compiled.pre, eager.pre) and torch.equal(compiled.post, eager.post)
+    torch.testing.assert_close(compiled.logits_pre, eager.logits_pre, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.logits_post, eager.logits_post, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_guided_step_logits_equal_the_combined_full_forward_in_float64():
+    """With guidance the step combines before the (linear) head: same logits as combining the full forward's."""
+    model = _random_heads(5)
+    classes, null = torch.tensor([3, 8]), torch.tensor([10, 10])
+    scales, steps = (1.9, 2.0), 6
+    out = model.generate(classes, cfg=scales, top_p=(0.9, 0.9), seed=2, num_tokens=steps)
+    cond, uncond = model(out.pre, out.post, classes), model(out.pre, out.post, null)
+    step = DecodeStep(model, rows=4, length=steps, guidance=scales)
+    x = model.class_emb.embedding_table(torch.cat([classes, null]))
+    for n in range(steps):
+        pre, post = out.pre[:, n].repeat(2), out.post[:, n].repeat(2)
+        got = (step.pre_logits(x, step.positions[n], n), step.post_logits(pre))
+        for field, logits, s in zip(("pre", "post"), got, scales, strict=True):
+            c, u = getattr(cond, field)[:, n], getattr(uncond, field)[:, n]
+            torch.testing.assert_close(logits, u + s * (c - u), rtol=0, atol=1e-10)
+        x = model.pre_emb(pre) + model.post_emb(post)
