@@ -3,14 +3,15 @@
 Every decision uses only IEEE basic operations in a fixed order, so two implementations agree exactly:
 - guidance and temperature in float32: x = u + (c - u) * s, then x / t (separate roundings, no FMA);
 - top-k: keep x >= the k-th largest x (ties at the threshold are kept);
-- weights w = exp_det(x - max) in float64, where exp_det is a fixed range reduction + degree-13 Horner polynomial
-  and an exact power of two built from bits (no libm exp, whose last bit differs between libraries);
+- weights w = exp_det(x - max) in float32, where exp_det is a fixed range reduction + degree-7 polynomial and an
+  exact power of two built from bits (no libm exp, whose last bit differs between libraries), ~1 ulp; 0 below
+  exp(-87), so that every weight kept is a normal float; weights are summed in float64;
 - top-p: visit kept tokens by x descending (ties: lower index first), keep while the mass before the token is
-  <= p * Z, with Z and the running mass summed sequentially in that fixed order;
+  <= p * Z, where Z sums the kept weights sequentially in index order and the mass before sums in visiting order;
 - draw: u from a counter-based stream (SplitMix64 of seed, offset, row; 53-bit uniform), then the first index (in
   index order) whose running sum of kept weights exceeds u * (sum of kept weights); sequential float64 sums.
-top_k == 1 is greedy: the first index of the largest x. NaN logits, temperature <= 0 and rows without a finite
-logit are errors.
+top_k == 1 is greedy: the first index of the largest x. NaN logits (also a logit infinite in both logits and uncond,
+whose guidance is inf - inf), temperature <= 0 and rows without a finite logit are errors.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 
 MASK64 = (1 << 64) - 1
 GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-LN2_HI, LN2_LO, INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e00
-EXP_CUTOFF = -700.0  # weights below exp(-700) are 0: keeps every power of two normal (exact) in both backends
-EXP_COEFFS = [1.0 / f for f in (6227020800, 479001600, 39916800, 3628800, 362880, 40320, 5040, 720, 120, 24, 6, 2)]
+# float32 exp (Cephes expf): Cody-Waite ln 2 (LN2_HI * n is exact for |n| < 2^15), then
+# exp(r) = 1 + r + r^2 * P(r) on |r| <= ln2 / 2. Each constant is used as float32 (Python float rounded to nearest).
+INV_LN2, LN2_HI, LN2_LO = 1.44269504088896341, 0.693359375, -2.12194440e-4
+EXP_CUTOFF = -87.0  # weights below exp(-87) are 0: exp(-87) > 2^-126, so no weight or power of two is subnormal
+EXP_COEFFS = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]
 
 
 def uniform(seed: int, offset: int, row: int) -> float:
@@ -33,17 +36,19 @@ def uniform(seed: int, offset: int, row: int) -> float:
     return (z >> 11) * 2.0**-53
 
 
-def exp_det(x: torch.Tensor) -> torch.Tensor:
-    """exp(x) for float64 x <= 0 to ~1 ulp with a fixed sequence of roundings; 0 below EXP_CUTOFF."""
-    n = torch.round(x * INV_LN2)  # half-to-even, as nearbyint
-    r = (x - n * LN2_HI) - n * LN2_LO  # |r| <= ln2 / 2
+def exp_det(d: torch.Tensor) -> torch.Tensor:
+    """exp(d) for float32 d <= 0 (-inf included) to ~1 ulp with a fixed sequence of float32 roundings; 0 below
+    EXP_CUTOFF. The argument is clamped to the cutoff first, so no element meets an infinity or a NaN."""
+    dc = d.clamp(min=EXP_CUTOFF)
+    n = torch.round(dc * INV_LN2)  # half-to-even, as nearbyint; n in [-126, 0]
+    r = (dc - n * LN2_HI) - n * LN2_LO  # |r| <= ln2 / 2
     p = torch.full_like(r, EXP_COEFFS[0])
     for c in EXP_COEFFS[1:]:
         p = p * r + c
-    p = p * r + 1.0
-    p = p * r + 1.0
-    scale = ((n.clamp(min=-1020).long() + 1023) << 52).view(torch.float64)  # 2^n, exact
-    return torch.where(x < EXP_CUTOFF, torch.zeros_like(p), p * scale)
+    p = p * (r * r) + r
+    p = p + 1.0
+    scale = ((n.int() + 127) << 23).view(torch.float32)  # 2^n, exact
+    return torch.where(d < EXP_CUTOFF, torch.zeros_like(p), p * scale)
 
 
 def combine(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float, temperature: float) -> torch.Tensor:
@@ -71,6 +76,12 @@ def sample_tokens(
     if bool(nan_rows.any()):
         raise ValueError(f"sample_tokens: row {int(nan_rows.nonzero()[0])} has NaN logits")
     x = combine(logits, uncond, cfg_scale, temperature)  # (R, V) float32
+    nan_rows = torch.isnan(x).any(dim=1)  # inf - inf in the guidance
+    if bool(nan_rows.any()):
+        bad = int(nan_rows.nonzero()[0])
+        raise ValueError(
+            f"sample_tokens: row {bad} has NaN logits after guidance (a logit infinite in both logits and uncond)"
+        )
     rows, vocab = x.shape
     out = torch.empty(rows, dtype=torch.int64, device=x.device)
     if rows == 0:
@@ -87,7 +98,7 @@ def sample_tokens(
     keep = torch.ones_like(x, dtype=torch.bool)
     if 0 < top_k < vocab:
         keep = x >= torch.topk(x, top_k, dim=1).values[:, -1:]
-    w = torch.where(keep, exp_det(x.double() - top.double()[:, None]), torch.zeros((), dtype=torch.float64))
+    w = torch.where(keep, exp_det(x - top[:, None]), torch.zeros((), dtype=torch.float32)).double()
     keep = keep & (w > 0)  # tokens whose weight underflows to 0 can never be drawn
     if top_p < 1.0:
         total = w.cumsum(dim=1)[:, -1:]  # sequential, index order

@@ -62,6 +62,19 @@ def test_non_contiguous_and_ties():
         assert torch.equal(ops.sample_tokens(tied, top_k=k, seed=k), _ref(tied, top_k=k, seed=k))
 
 
+@pytest.mark.parametrize("vocab", [64, 1001, 4096], ids=lambda v: f"V{v}")
+def test_ties_and_masked_tokens_match_the_reference(vocab):
+    # integer logits: many ties at the top-k threshold and in the nucleus order; -inf rows shorter than k
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=g).mul(2).round()
+    logits[1, 40:] = float("-inf")  # 40 finite tokens
+    logits[2, ::3] = float("-inf")
+    logits[3] = 0.0  # one value
+    for i, (k, p) in enumerate([(2, 1.0), (8, 1.0), (50, 1.0), (50, 0.9), (0, 0.5), (0, 0.97), (vocab // 3, 0.8)]):
+        got = ops.sample_tokens(logits, top_k=k, top_p=p, seed=i, offset=vocab)
+        assert torch.equal(got, _ref(logits, top_k=k, top_p=p, seed=i, offset=vocab)), (k, p)
+
+
 def test_draws_follow_the_softmax():
     n = 40000
     logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), -30.0]]).repeat(n, 1)
@@ -157,6 +170,25 @@ def test_bad_arguments_name_the_argument(kwargs, message):
     logits = args.pop("logits")
     with pytest.raises(ValueError, match=message):
         ops.sample_tokens(logits, **args)
+
+
+def test_a_logit_infinite_in_both_inputs_is_an_error_in_both_backends():
+    logits, uncond = torch.zeros(3, 5), torch.zeros(3, 5)
+    logits[1, 2] = uncond[1, 2] = float("-inf")  # guidance: -inf + (-inf - -inf) * s = NaN
+    for fn in (ops.sample_tokens, _ref):
+        with pytest.raises(ValueError, match="row 1 has NaN logits after guidance"):
+            fn(logits, uncond=uncond, cfg_scale=1.9)
+
+
+def test_top_p_near_one_walks_past_the_candidates():
+    # p within rounding of 1 keeps tokens far below the maximum (2923 of 4096 in row 0 against 230 candidates with
+    # p = 1 - 1e-15): the nucleus walk runs past the candidate prefix into the other tokens
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(16, 4096, generator=g) * 20
+    for p in (1 - 1e-15, 0.999999, 0.99):
+        for seed in range(3):
+            got = ops.sample_tokens(logits, top_p=p, seed=seed)
+            assert torch.equal(got, _ref(logits, top_p=p, seed=seed)), p
 
 
 def test_opcheck_and_compile():
