@@ -23,7 +23,7 @@ setup: $(BIN)/python
 
 demo: setup
 	$(BIN)/magvit2 info
-	$(BIN)/magvit2 demo tokenizer --out demo-out
+	$(BIN)/magvit2 demo --out demo-out
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -9,10 +9,8 @@ from magvit2.cli import main
 
 def test_demo_writes_report_and_improves(tmp_path, capsys):
     out = tmp_path / "demo-out"
-    assert (
-        main(["demo", "--out", str(out), "--steps", "40", "--no-progress", "--set", "trainer.val_every_n_steps=20"])
-        == 0
-    )
+    args = ["--out", str(out), "--steps", "40", "--no-progress", "--set", "trainer.val_every_n_steps=20"]
+    assert main(["demo", "tokenizer", *args]) == 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "reconstructions.png" in printed
     metrics = json.loads((out / "metrics.json").read_text())
