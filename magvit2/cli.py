@@ -41,16 +41,22 @@ def _convert(args: argparse.Namespace) -> int:
     )
 
     # read the file once: AR checkpoints (GBs) give both the tokenizer and the transformer
-    sd = _extract_state_dict(safe_torch_load(args.checkpoint), args.checkpoint)
+    raw = safe_torch_load(args.checkpoint)
+    sd = _extract_state_dict(raw, args.checkpoint)
     loaded = map_official_state_dict(sd, use_ema=not args.no_ema)
     overrides = {} if args.factorized_bits == "auto" else {"factorized_bits": args.factorized_bits}
+    transformer = None
+    if loaded.is_ar:
+        from magvit2.nn.ar_checkpoint import save_ar_pretrained, stored_ar_fields, transformer_from_state
+
+        # heads and grid: the flags, else the config our AR trainer stored in the checkpoint, else inferred
+        ar_overrides = stored_ar_fields(raw)
+        ar_overrides.update({k: v for k, v in (("n_head", args.n_head), ("block_size", args.block_size)) if v})
+        transformer = transformer_from_state(sd, args.checkpoint, **ar_overrides)
+        overrides.setdefault("factorized_bits", transformer.config.factorized_bits)  # the transformer's split
     model = tokenizer_from_state(loaded, args.checkpoint, **overrides)
     model.save_pretrained(args.outdir)
-    if loaded.is_ar:
-        from magvit2.nn.ar_checkpoint import save_ar_pretrained, transformer_from_state
-
-        ar_overrides = {k: v for k, v in (("n_head", args.n_head), ("block_size", args.block_size)) if v is not None}
-        transformer = transformer_from_state(sd, args.checkpoint, **ar_overrides)
+    if transformer is not None:
         save_ar_pretrained(transformer, args.outdir)
         t = transformer.config
         n = sum(p.numel() for p in transformer.parameters()) / 1e6

@@ -72,6 +72,18 @@ def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
     return config
 
 
+def stored_ar_fields(raw: object) -> dict[str, Any]:
+    """n_head and block_size from the run config `magvit2 train ar` stores in its checkpoints under "magvit2"
+    (these are not in the weight shapes); {} for other files."""
+    meta = raw.get("magvit2") if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "ar" or not isinstance(meta.get("config"), dict):
+        return {}
+    model = dict(meta["config"].get("model") or {})
+    preset = model.pop("preset", None)
+    base = AR_PRESETS.get(preset, ARConfig()) if preset else ARConfig()
+    return {k: model.get(k, getattr(base, k)) for k in ("n_head", "block_size")}
+
+
 def transformer_from_state(
     sd: dict[str, Any], origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
 ) -> ARTransformer:
@@ -89,8 +101,9 @@ def load_ar_checkpoint(
     device: str | torch.device = "cpu",
     **config_overrides: Any,
 ) -> tuple[ARTransformer, Tokenizer]:
-    """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint. `config_overrides` replace
-    inferred ARConfig fields (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
+    """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint (or one of `magvit2 train ar`,
+    whose stored run config gives the head count and grid). `config_overrides` replace inferred ARConfig fields
+    (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
 
     Example:
         >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
@@ -98,12 +111,14 @@ def load_ar_checkpoint(
     path = os.fspath(path)
     if os.path.isdir(path):
         return load_ar_pretrained(path, device=device)
-    sd = _extract_state_dict(safe_torch_load(path), path)
-    transformer = transformer_from_state(sd, path, device=device, **config_overrides)
+    raw = safe_torch_load(path)
+    sd = _extract_state_dict(raw, path)
+    transformer = transformer_from_state(sd, path, device=device, **{**stored_ar_fields(raw), **config_overrides})
     loaded = map_official_state_dict(sd, use_ema=False)  # the AR configs build the tokenizer with use_ema: False
     if not loaded.is_ar:
         raise CheckpointError(f"{path} has no first_stage_model.* tokenizer next to its transformer")
-    return transformer, tokenizer_from_state(loaded, path, device=device)
+    bits = transformer.config.factorized_bits  # the tokenizer's split is the transformer's sub-token split
+    return transformer, tokenizer_from_state(loaded, path, device=device, factorized_bits=bits)
 
 
 def save_ar_pretrained(transformer: ARTransformer, directory: str | os.PathLike) -> None:

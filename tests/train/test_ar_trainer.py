@@ -1,6 +1,7 @@
 """AR training end to end: photos -> tokens (magvit2 encode) -> magvit2 train ar -> convert -> sample."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -71,10 +72,9 @@ def test_train_ar_convert_and_sample(tokens, tmp_path):
     ]
 
     model = tmp_path / "model"
-    assert (
-        main(["convert", str(out / "checkpoints" / "last.ckpt"), str(model), "--n-head", "4", "--block-size", "64"])
-        == 0
-    )
+    assert main(["convert", str(out / "checkpoints" / "last.ckpt"), str(model)]) == 0
+    stored = json.loads((model / "transformer.json").read_text())
+    assert (stored["n_head"], stored["block_size"]) == (4, 64)  # not in the weights: from the stored run config
     out_npz = str(tmp_path / "s.npz")
     assert main(["sample", "--model", str(model), "--classes", "0,1", "--per-class", "2", "--out", out_npz,
                  "--no-progress"]) == 0  # fmt: skip
