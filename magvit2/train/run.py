@@ -74,7 +74,16 @@ class ReconstructionGrid(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file in the same folder, fsynced, then renamed over the target: a killed
     or failing write leaves the previous file whole (never a truncated .ckpt). ModelCheckpoint writes
-    step-N.ckpt before last.ckpt, so last.ckpt only moves once a complete step checkpoint exists."""
+    step-N.ckpt before last.ckpt, so last.ckpt only moves once a complete step checkpoint exists. Reading (resume)
+    goes through the weights-only loader: a checkpoint whose pickle would run code is refused, whatever torch's
+    default."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        from magvit2.nn.checkpoint import safe_torch_load
+
+        if weights_only is False:
+            raise ValueError("AtomicCheckpointIO loads weights-only: weights_only=False is refused")
+        return safe_torch_load(path)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:

@@ -61,3 +61,25 @@ def test_trainers_write_through_it(tmp_path):
 
     trainer = build_trainer(load_config("tiny"), tmp_path, progress=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+class Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tokens, tmp_path, capsys):
+    from magvit2.cli import main
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": Payload(str(marker))}, tmp_path / "run" / "checkpoints" / "last.ckpt"
+    )
+    argv = ["train", "ar", "--config", "ar-tiny", "--data", str(tokens / "tokens"), "--out", str(tmp_path / "run"),
+            "--max-steps", "1", "--resume", "auto", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    assert "refusing to load" in capsys.readouterr().err and not marker.exists()
