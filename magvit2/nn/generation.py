@@ -200,7 +200,7 @@ def _pair(name: str, value: Any, kind: type | tuple[type, ...]) -> tuple[Any, An
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in pair):
         kinds = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ValueError(f"generate: {name} must be a {kinds} or a pair (pre, post) of them, got {value!r}")
+        raise ValueError(f"generate: {name} must be {kinds} or a pair (pre, post) of them, got {value!r}")
     return pair
 
 

@@ -38,6 +38,8 @@ def _resolve_dims(dim: int | None, codebook_size: int | None) -> tuple[int, int]
     if dim is None and codebook_size is None:
         dim = 18
     if codebook_size is None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"LFQ: dim must be an int >= 1 (bits per token), got {dim!r}")
         codebook_size = 2**dim
     if not isinstance(codebook_size, int) or codebook_size < 2 or codebook_size & (codebook_size - 1):
         raise ValueError(f"LFQ: codebook_size must be a power of 2 >= 2, got {codebook_size!r}")
