@@ -14,24 +14,44 @@ import torch
 CLI = "import sys; from magvit2.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _argv(tokens, out, steps, every, extra=()):
-    return [sys.executable, "-c", CLI, "train", "ar", "--config", "ar-tiny", "--data", str(tokens / "tokens"),
-            "--out", str(out), "--max-steps", str(steps), "--no-progress", "--set", "data.batch_size=4",
-            "--set", "trainer.log_every_n_steps=1", "--set", f"trainer.checkpoint_every_n_steps={every}",
-            *extra]  # fmt: skip
+def _argv(tokens, out, steps, every, extra=(), kind="ar"):
+    if kind == "ar":
+        what = ["ar", "--config", "ar-tiny", "--data", str(tokens / "tokens")]
+    else:  # the tokenizer on the same 16 images (4 batches an epoch), GAN and LeCAM on from step 1
+        what = [
+            "tokenizer",
+            "--config",
+            "tiny",
+            "--data",
+            str(tokens / "images"),
+            "--set",
+            "data.size=32",
+            "--set",
+            "loss.disc_start=1",
+            "--set",
+            "data.num_workers=0",
+            "--set",
+            "trainer.image_every_n_steps=0",
+        ]
+    return [sys.executable, "-c", CLI, "train", *what, "--out", str(out), "--max-steps", str(steps), "--no-progress",
+            "--set", "data.batch_size=4", "--set", "trainer.log_every_n_steps=1",
+            "--set", f"trainer.checkpoint_every_n_steps={every}", *extra]  # fmt: skip
 
 
-def _losses(out):
+LOSS = {"ar": "train/loss", "tokenizer": "train/total"}
+
+
+def _losses(out, kind="ar"):
     runs = []
     for version in sorted((out / "logs").iterdir()):
         with open(version / "metrics.csv") as f:
-            runs.append([(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")])
+            runs.append([(int(r["step"]), float(r[LOSS[kind]])) for r in csv.DictReader(f) if r.get(LOSS[kind])])
     return runs
 
 
 def _state(out):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return ckpt["state_dict"], ckpt["optimizer_states"][0]["state"], ckpt["global_step"]
+    return ckpt["state_dict"], [o["state"] for o in ckpt["optimizer_states"]], ckpt["global_step"]
 
 
 def _kill_when(cmd, ready, timeout=300):
@@ -45,17 +65,19 @@ def _kill_when(cmd, ready, timeout=300):
     assert alive, f"the run ended before the kill point: {proc.stderr.read()[-2000:]}"
 
 
-def _resume_and_compare(tokens, straight, killed, steps, every, extra=()):
-    done = subprocess.run(_argv(tokens, killed, steps, every, [*extra, "--resume", "auto"]), capture_output=True)
+def _resume_and_compare(tokens, straight, killed, steps, every, extra=(), kind="ar"):
+    argv = _argv(tokens, killed, steps, every, [*extra, "--resume", "auto"], kind)
+    done = subprocess.run(argv, capture_output=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    (reference,) = _losses(straight)
-    first, resumed = _losses(killed)
+    (reference,) = _losses(straight, kind)
+    first, resumed = _losses(killed, kind)
     assert resumed and resumed == reference[-len(resumed) :]  # same steps, same losses, bit for bit
-    a_sd, a_opt, a_step = _state(straight)
-    b_sd, b_opt, b_step = _state(killed)
-    assert a_step == b_step == steps
-    assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
-    assert all(torch.equal(a_opt[i][m], b_opt[i][m]) for i in a_opt for m in ("exp_avg", "exp_avg_sq"))
+    a_sd, a_opts, a_step = _state(straight)
+    b_sd, b_opts, b_step = _state(killed)
+    assert a_step == b_step == steps * (2 if kind == "tokenizer" else 1)  # Lightning counts G and D steps
+    assert a_sd.keys() == b_sd.keys() and all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)  # incl. EMA, LeCAM
+    for a_opt, b_opt in zip(a_opts, b_opts, strict=True):
+        assert all(torch.equal(a_opt[i][m], b_opt[i][m]) for i in a_opt for m in ("exp_avg", "exp_avg_sq"))
     return first, resumed
 
 
@@ -88,3 +110,14 @@ def test_sigkill_mid_checkpoint_write_resumes_exactly(tokens, tmp_path):
         if name.endswith(".ckpt"):
             torch.load(folder / name, map_location="cpu", weights_only=True)
     _resume_and_compare(tokens, straight, killed, 7, 3, big)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_the_tokenizer_exactly(tokens, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(_argv(tokens, straight, 8, 1, kind="tokenizer"), capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    argv = _argv(tokens, killed, 8, 1, kind="tokenizer")
+    _kill_when(argv, lambda: (killed / "checkpoints" / "step-000006.ckpt").exists())
+    first, resumed = _resume_and_compare(tokens, straight, killed, 8, 1, kind="tokenizer")
+    assert len(resumed) in (2, 3)
