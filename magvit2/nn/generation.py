@@ -17,14 +17,11 @@ a mask built from the position tensor, so one graph serves every position.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from magvit2.nn.transformer import ARTransformer, Block
 
 
 class KVCache(NamedTuple):
@@ -52,7 +49,7 @@ class _Weights(NamedTuple):
     w2_t: torch.Tensor  # (hidden, dim) transposed view
 
 
-def _weights(block: Block) -> _Weights:
+def _weights(block: nn.Module) -> _Weights:  # a transformer Block
     ff, g1, g2 = block.feed_forward, block.attention_norm.weight, block.ffn_norm.weight
     return _Weights(
         (block.attention.wqkv.weight * g1).detach(),
@@ -85,7 +82,7 @@ class DecodeStep(nn.Module):
 
     def __init__(
         self,
-        model: ARTransformer,
+        model: nn.Module,  # an ARTransformer (not imported: the model imports this module)
         *,
         rows: int,
         length: int,
@@ -206,7 +203,7 @@ def _pair(name: str, value: Any, kind: type | tuple[type, ...]) -> tuple[Any, An
 
 @torch.no_grad()
 def generate(
-    model: ARTransformer,
+    model: nn.Module,
     classes: torch.Tensor,
     *,
     cfg: float | tuple[float, float] = (1.0, 1.0),
