@@ -2,23 +2,25 @@
 //
 // Meant to give, token for token, what csrc/cpu/sampling.cpp and magvit2/ops/sampling_reference.py give, by running
 // the same arithmetic (tests/ops/test_cuda.py compares them on a GPU): every operation that decides a token is in
-// namespace `mirror` below (float32 guidance/temperature, float64 exp_det, SplitMix64 uniform) with round-to-nearest
-// intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z, the top-p running mass, the draw's
-// running sum) is a sequential float64 sum in the reference's order, run by thread 0 over tiles that the block stages
-// and compacts (zeros skipped: adding +0 changes nothing), so only the order-free work is parallel. The top-p order
-// lives in nucleus(): re-sync it with the CPU kernel when that changes.
+// namespace `mirror` below (float32 guidance/temperature, float32 exp_det, SplitMix64 uniform) with round-to-nearest
+// intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z in index order, the top-p running
+// mass in visiting order, the draw's running sum in index order) is a sequential float64 sum in the reference's
+// order, run by thread 0 over tiles that the block stages and compacts (zeros skipped: adding +0 changes nothing),
+// so only the order-free work is parallel. The top-p order lives in nucleus(): re-sync it with the CPU kernel when
+// that changes.
 //
 // Per row (block of 512 threads; scratch x (float) and w (double) rows in global memory):
-//   1. x = combine(logits, uncond) / t, NaN check, max and its first index (block reduction);  top_k == 1 stops here;
+//   1. x = combine(logits, uncond) / t, NaN checks (inputs, then x: inf - inf in the guidance), max and its first
+//      index (block reduction);  top_k == 1 stops here;
 //   2. top-k: the k-th largest x by radix select (4 passes of 8-bit digits over order-preserving keys);
-//   3. w = exp_det(x - max), 0 outside the top-k;
+//   3. w = exp_det(x - max) in float32 (stored as double), 0 outside the top-k;
 //   4. top-p: tokens with w > 0 by (x descending, index ascending), 2048 at a time: radix select of the 2048th key,
 //      bitonic sort of that batch in shared memory, thread 0 adds the masses until the limit, so only the nucleus
 //      and at most one batch beyond it are ever ordered;
 //   5. draw: thread 0 writes the running sum in place of the kept w (index order), then the first index whose running
 //      sum exceeds u * sum is a parallel min-reduction.
-// Errors (NaN logits, no finite or an infinite logit) are flagged per row on the device and raised by the host after
-// one synchronising copy of the flags, with the reference's messages and row order.
+// Errors (NaN logits, NaN after guidance, no finite or an infinite logit) are flagged per row on the device and raised
+// by the host after one synchronising copy of the flags, with the reference's messages and row order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -36,11 +38,20 @@ namespace {
 namespace mirror {
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull, kMix1 = 0xBF58476D1CE4E5B9ull, kMix2 = 0x94D049BB133111EBull;
-// The CPU constants, as exact hex literals: ln2 split hi/lo, 1/ln2, and 1/13!, 1/12!, ..., 1/2! (EXP_COEFFS).
-constexpr double kLn2Hi = 0x1.62e42fee00000p-1, kLn2Lo = 0x1.a39ef35793c76p-33, kInvLn2 = 0x1.71547652b82fep+0;
-constexpr double kExpCutoff = -700.0;
-constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: x + kRound - kRound rounds x half-to-even
-constexpr double kTwo52 = 4503599627370496.0;  // 2^52: integer m in the low mantissa bits
+// The reference's float32 constants as exact hex literals (each its Python float rounded to nearest, checked below):
+// Cody-Waite ln 2 split hi/lo, 1/ln 2, the cutoff, and the Cephes expf polynomial (EXP_COEFFS).
+constexpr float kInvLn2 = 0x1.715476p+0f, kLn2Hi = 0x1.63p-1f, kLn2Lo = -0x1.bd0106p-13f;
+constexpr float kExpCutoff = -87.0f;  // exp(-87) > 2^-126: every weight kept and every 2^n is a normal float
+constexpr float kC0 = 0x1.a0d2cep-13f, kC1 = 0x1.6e879cp-10f, kC2 = 0x1.111210p-7f, kC3 = 0x1.555382p-5f,
+                kC4 = 0x1.555554p-3f, kC5 = 0x1.000000p-1f;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: y + kRound - kRound rounds y half-to-even (|y| < 2^22)
+static_assert(kInvLn2 == static_cast<float>(1.44269504088896341) && kLn2Hi == static_cast<float>(0.693359375) &&
+                  kLn2Lo == static_cast<float>(-2.12194440e-4),
+              "ln 2 constants: sampling_reference.INV_LN2, LN2_HI, LN2_LO as float32");
+static_assert(kC0 == static_cast<float>(1.9875691500e-4) && kC1 == static_cast<float>(1.3981999507e-3) &&
+                  kC2 == static_cast<float>(8.3334519073e-3) && kC3 == static_cast<float>(4.1665795894e-2) &&
+                  kC4 == static_cast<float>(1.6666665459e-1) && kC5 == static_cast<float>(5.0000001201e-1),
+              "polynomial: sampling_reference.EXP_COEFFS as float32");
 
 // 53-bit uniform in [0, 1) for (seed, offset, row): SplitMix64 finaliser of a 64-bit key.
 __device__ __forceinline__ double uniform(int64_t seed, int64_t offset, int64_t row) {
@@ -58,29 +69,23 @@ __device__ __forceinline__ float guided(float c, float u, float s) {
 }
 __device__ __forceinline__ float tempered(float v, float t) { return __fdiv_rn(v, t); }
 
-// exp(x) for x <= 0 (x = x_i - max in float64), 0 below the cutoff: magic-number rounding, degree-13 Horner,
-// 2^k built from bits; the CPU's exp_block operation for operation.
-__device__ __forceinline__ double exp_det(double x) {
-  const double k = __dsub_rn(__dadd_rn(__dmul_rn(x, kInvLn2), kRound), kRound);
-  const double r = __dsub_rn(__dsub_rn(x, __dmul_rn(k, kLn2Hi)), __dmul_rn(k, kLn2Lo));
-  double p = 0x1.6124613a86d09p-33;
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.1eed8eff8d898p-29);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.ae64567f544e4p-26);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.27e4fb7789f5cp-22);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.71de3a556c734p-19);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.a01a01a01a01ap-16);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.a01a01a01a01ap-13);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.6c16c16c16c17p-10);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.1111111111111p-7);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.5555555555555p-5);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.5555555555555p-3);
-  p = __dadd_rn(__dmul_rn(p, r), 0x1.0000000000000p-1);
-  p = __dadd_rn(__dmul_rn(p, r), 1.0);
-  p = __dadd_rn(__dmul_rn(p, r), 1.0);
-  const double m = __dadd_rn(__dadd_rn(k < -1020.0 ? -1020.0 : k, 1023.0), kTwo52);  // std::max(k, -1020.0)
-  const double scale = __longlong_as_double(static_cast<long long>(
-      static_cast<unsigned long long>(__double_as_longlong(m)) << 52));
-  return x < kExpCutoff ? 0.0 : __dmul_rn(p, scale);
+// exp(d) for float32 d = x_i - max <= 0 (-inf included), 0 below the cutoff: clamp to the cutoff (no lane meets an
+// infinity), magic-number rounding, Cody-Waite reduction, exp(r) = 1 + r + r^2 * P(r) by Horner, 2^n built from
+// bits; sampling_reference.exp_det (and the CPU's exp_block) operation for operation.
+__device__ __forceinline__ float exp_det(float d) {
+  const float dc = d < kExpCutoff ? kExpCutoff : d;
+  const float n = __fsub_rn(__fadd_rn(__fmul_rn(dc, kInvLn2), kRound), kRound);  // n in [-126, 0]
+  const float r = __fsub_rn(__fsub_rn(dc, __fmul_rn(n, kLn2Hi)), __fmul_rn(n, kLn2Lo));
+  float p = kC0;
+  p = __fadd_rn(__fmul_rn(p, r), kC1);
+  p = __fadd_rn(__fmul_rn(p, r), kC2);
+  p = __fadd_rn(__fmul_rn(p, r), kC3);
+  p = __fadd_rn(__fmul_rn(p, r), kC4);
+  p = __fadd_rn(__fmul_rn(p, r), kC5);
+  p = __fadd_rn(__fmul_rn(p, __fmul_rn(r, r)), r);
+  p = __fadd_rn(p, 1.0f);
+  const float scale = __int_as_float((static_cast<int>(n) + 127) << 23);  // 2^n, exact
+  return d < kExpCutoff ? 0.0f : __fmul_rn(p, scale);
 }
 
 // Top-p limit p * Z, the draw's target u * sum, and the sequential sums' step.
@@ -97,7 +102,7 @@ constexpr int kBatch = 2048;  // top-p: tokens ordered per round (keys + weights
 constexpr unsigned kFull = 0xffffffffu;
 constexpr uint64_t kNoKey = ~uint64_t(0);
 
-enum Status : int32_t { kOk = 0, kNaN = 1, kNoFinite = 2, kInfinite = 3 };
+enum Status : int32_t { kOk = 0, kNaN = 1, kNoFinite = 2, kInfinite = 3, kNaNAfterGuidance = 4 };
 
 struct Shared {
   uint64_t keys[kBatch];
@@ -307,11 +312,11 @@ __global__ void __launch_bounds__(kThreads)
   float* x = xs + row * vocab;
   double* w = ws + row * vocab;
 
-  // 1. guidance + temperature, NaN check, max with its first index (the CPU's `v > top` scan).
+  // 1. guidance + temperature, NaN checks, max with its first index (the CPU's `v > top` scan).
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float top = -kInf;
   int64_t argmax = 0;
-  bool nan = false;
+  bool nan = false, nan_x = false;  // a NaN input; a NaN x (inf - inf in the guidance)
   for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
     const float c = static_cast<float>(lr[i]);
     float v = c;
@@ -322,6 +327,7 @@ __global__ void __launch_bounds__(kThreads)
       v = mirror::guided(c, u, scale);
     }
     v = mirror::tempered(v, temperature);
+    nan_x |= isnan(v);
     x[i] = v;
     if (v > top) top = v, argmax = i;
   }
@@ -332,6 +338,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (lane == 0) sh.red_value[warp] = top, sh.red_index[warp] = argmax;
   nan = __syncthreads_or(nan);
+  nan_x = __syncthreads_or(nan_x);
   top = sh.red_value[0];
   argmax = sh.red_index[0];
   for (int j = 1; j < kWarps; ++j) {
@@ -339,7 +346,11 @@ __global__ void __launch_bounds__(kThreads)
       top = sh.red_value[j], argmax = sh.red_index[j];
     }
   }
-  const int32_t error = nan ? kNaN : top == -kInf ? kNoFinite : top == kInf ? kInfinite : kOk;
+  const int32_t error = nan ? kNaN
+                        : nan_x ? kNaNAfterGuidance
+                        : top == -kInf ? kNoFinite
+                        : top == kInf ? kInfinite
+                        : kOk;
   if (error != kOk || top_k == 1) {
     if (threadIdx.x == 0) {
       status[row] = error;
@@ -360,13 +371,12 @@ __global__ void __launch_bounds__(kThreads)
     threshold = from_descending_key(static_cast<uint32_t>(kth));
   }
 
-  // 3. weights.
+  // 3. weights: float32 exp of the float32 x - max, summed in float64 from here on.
   if (threadIdx.x == 0) sh.count = 0;
   __syncthreads();
-  const double dtop = static_cast<double>(top);
   unsigned kept = 0;
   for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    double v = mirror::exp_det(__dsub_rn(static_cast<double>(x[i]), dtop));
+    double v = static_cast<double>(mirror::exp_det(__fsub_rn(x[i], top)));
     if (filter_k && !(x[i] >= threshold)) v = 0.0;
     w[i] = v;
     kept += v > 0.0;
@@ -383,17 +393,13 @@ __global__ void __launch_bounds__(kThreads)
     nucleus(x, w, vocab, index_bits, n_valid, mirror::mul(total, top_p), sh);  // limit only read by thread 0
   }
 
-  // 5. draw: the running sum of the kept weights replaces them (thread 0, index order), then the first index whose
-  //    running sum exceeds u * sum; none (NaN sum) -> the last kept index, as the CPU.
-  double sum = 0.0, cum = 0.0;
+  // 5. draw: the running sum of the kept weights (all > 0: finite x, no NaN) replaces them (thread 0, index order),
+  //    then the first index whose running sum exceeds u * sum; none (u * sum rounded up to sum) -> the last kept
+  //    index, as the reference.
+  double sum = 0.0;
   auto running = [&](int32_t i, double v) {
     sum = mirror::add(sum, v);
-    if (v > 0.0) {
-      cum = mirror::add(cum, v);
-      w[i] = cum;
-    } else {
-      w[i] = 0.0;  // NaN weight: never drawn, never "kept"
-    }
+    w[i] = sum;
   };
   ordered_visit(w, vocab, sh, running);
   if (threadIdx.x == 0) {
@@ -465,11 +471,16 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, const std::optional<at::
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // The value errors need the rows' flags on the host: one small synchronising copy, reported in the reference's
-  // order (the first NaN row, else the first row without a finite logit, else the first with an infinite one).
+  // order (the first row with a NaN input, else the first NaN after guidance, else the first row without a finite
+  // logit, else the first with an infinite one).
   const at::Tensor flags = status.cpu();
   const int32_t* f = flags.const_data_ptr<int32_t>();
   for (int64_t r = 0; r < rows; ++r) {
     TORCH_CHECK_VALUE(f[r] != kNaN, "sample_tokens: row ", r, " has NaN logits");
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(f[r] != kNaNAfterGuidance, "sample_tokens: row ", r,
+                      " has NaN logits after guidance (a logit infinite in both logits and uncond)");
   }
   for (int64_t r = 0; r < rows; ++r) {
     TORCH_CHECK_VALUE(f[r] != kNoFinite, "sample_tokens: row ", r, " has no finite logit");

@@ -106,3 +106,21 @@ def test_sample_tokens_ties_and_errors():
     bad[2, 4] = float("inf")
     with pytest.raises(ValueError, match="row 1 has no finite logit"):
         ops.sample_tokens(bad)
+
+
+def test_sample_tokens_weights_at_the_exp_cutoff_and_guidance_nan():
+    # wide logits: many x - max around the float32 exp's cutoff (-87), ties, -inf-masked tokens
+    g = torch.Generator().manual_seed(87)
+    logits = (torch.randn(6, 3000, generator=g) * 30).round()
+    logits[1, 40:] = float("-inf")
+    logits[2, ::3] = float("-inf")
+    logits[3, 0], logits[3, 1:1500] = 0.0, -87.0  # x - max == -87: the lowest weight above the cutoff, tied
+    logits[3, 1500:] = torch.linspace(-87.5, -86.5, 1500)
+    for i, kw in enumerate([dict(), dict(top_k=50), dict(top_p=0.9), dict(top_k=300, top_p=0.8), dict(top_p=0.999)]):
+        kw = dict(kw, seed=i, offset=3)
+        assert torch.equal(ops.sample_tokens(logits.cuda(), **kw).cpu(), ops.sample_tokens(logits, **kw))
+    logits, uncond = torch.zeros(4, 10, device="cuda"), torch.zeros(4, 10, device="cuda")
+    logits[0] = float("-inf")  # no finite logit: reported after the guidance NaN of a later row
+    logits[2, 4] = uncond[2, 4] = float("-inf")
+    with pytest.raises(ValueError, match="row 2 has NaN logits after guidance"):
+        ops.sample_tokens(logits, uncond=uncond, cfg_scale=1.9)

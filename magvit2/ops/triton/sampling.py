@@ -5,10 +5,11 @@ nucleus, draw) live in sampling_rules.py, the one file to re-sync when the refer
 phases and owns the scratch layout. Per row:
 
 1. one pass over the vocabulary: x = combine(logits, uncond) -> scratch (float32), the maximum and its first
-   index (top_k = 1 stops here), NaN / non-finite checks (reported per row, raised on the host);
+   index (top_k = 1 stops here), NaN checks (inputs, then x: inf - inf in the guidance) and non-finite checks
+   (reported per row, raised on the host);
 2. top-k: the k-th largest x by radix select over an order key (4 passes of 8-bit histograms, no sort);
-3. weights w = exp_det(x - max), kept = w > 0 (and x >= the k-th largest), compacted into (index, w) lists in
-   index order with an in-block cumsum;
+3. weights w = exp_det(x - max) in float32 (float64 from here on), kept = w > 0 (and x >= the k-th largest),
+   compacted into (index, w) lists in index order with an in-block cumsum;
 4. top-p: the nucleus is a prefix of the kept tokens by x descending (ties: lower index first). The kernel takes
    the kept tokens in batches of BATCH in that order (radix select of the batch's lower bound on a 63-bit key
    (x key, position); inside the batch each token's rank is the count of larger keys, no sort network), runs the
@@ -83,10 +84,11 @@ def _sample_kernel(
     kept_idx += r64 * V
     kept_w += r64 * V
 
-    # 1. x = combine(logits, uncond), its maximum and first argmax, NaN check on the raw inputs
+    # 1. x = combine(logits, uncond), its maximum and first argmax, NaN checks on the raw inputs and on x
     top = tl.full([], float("-inf"), tl.float32)
     first = tl.full([], 0, tl.int32)
     nan = tl.full([], 0, tl.int32)
+    nan_x = tl.full([], 0, tl.int32)
     for c0 in range(0, V, BLOCK):
         i = c0 + offs
         ok = i < V
@@ -100,12 +102,17 @@ def _sample_kernel(
         if not GREEDY:
             tl.store(xs + i, x, mask=ok)
         nan = tl.maximum(nan, tl.max(bad.to(tl.int32)))
+        nan_x = tl.maximum(nan_x, tl.max((x != x).to(tl.int32)))  # padding lanes are -inf
         m = tl.max(x)
         arg = tl.min(tl.where(x == m, i, V))
         better = m > top
         first = tl.where(better, arg, first)
         top = tl.where(better, m, top)
-    code = tl.where(nan > 0, 1, tl.where(top == float("-inf"), 2, tl.where(top == float("inf"), 3, 0)))
+    # the first error in the reference's order: NaN input, NaN after guidance, no finite x, an infinite x
+    code = tl.where(top == float("inf"), 4, 0)
+    code = tl.where(top == float("-inf"), 3, code)
+    code = tl.where(nan_x > 0, 2, code)
+    code = tl.where(nan > 0, 1, code)
     tl.store(status + row, code)
 
     if GREEDY:
@@ -117,13 +124,14 @@ def _sample_kernel(
         if TOP_K:
             threshold = radix_select(xs, V, 2**32, top_k, True, 32, BLOCK)
         # 3. weights of the kept tokens, compacted in index order
-        top64 = tl.where(code == 0, top, 0.0).to(tl.float64)  # rows in error: any finite value, no inf - inf
+        top32 = tl.where(code == 0, top, 0.0)  # rows in error: any finite value, no inf - inf
         nk = 0
         for c0 in range(0, V, BLOCK):
             i = c0 + offs
             ok = i < V
             x = tl.load(xs + i, mask=ok, other=float("-inf"))
-            w = exp_det(x.to(tl.float64) - top64)
+            x = tl.where(x == x, x, float("-inf"))  # rows in error: no NaN reaches the weights
+            w = exp_det(x - top32).to(tl.float64)
             keep = ok & (w > 0.0)
             if TOP_K:
                 keep = keep & (order_key(x) >= threshold)
@@ -150,13 +158,15 @@ def _float32(value: float) -> float:
 
 
 def _raise_row_errors(status: torch.Tensor) -> None:
-    for code, message in ((1, "has NaN logits"), (2, "has no finite logit")):
+    for code, message in (
+        (1, "has NaN logits"),
+        (2, "has NaN logits after guidance (a logit infinite in both logits and uncond)"),
+        (3, "has no finite logit"),
+        (4, "has an infinite logit (after guidance and temperature)"),
+    ):
         rows = (status == code).nonzero()
         if rows.numel():
             raise ValueError(f"sample_tokens: row {int(rows[0])} {message}")
-    rows = (status == 3).nonzero()
-    if rows.numel():
-        raise ValueError(f"sample_tokens: row {int(rows[0])} has an infinite logit (after guidance and temperature)")
 
 
 def sample_tokens(

@@ -6,15 +6,17 @@ multiply-add is contracted into an FMA on the GPU):
 
 - `combine`: guidance and temperature in float32, u + (c - u) * s, then x / t rounded to nearest (`div_rn`; a
   plain `/` is an approximate division on the GPU);
-- `exp_det`: the float64 exp, magic-number rounding (== torch.round below 2^51), Horner polynomial, 2^n built from
-  bits, 0 below EXP_CUTOFF; constants imported from the reference so they cannot drift;
+- `exp_det`: the float32 exp of the float32 x - max: clamp to EXP_CUTOFF, magic-number rounding (== torch.round
+  below 2^22), Cody-Waite reduction, Horner polynomial, 2^n built from bits, 0 below EXP_CUTOFF; constants imported
+  from the reference and rounded to float32 here as the reference's tensor ops round them, so they cannot drift;
 - `uniform`: the SplitMix64 finaliser of (seed, offset, row) in uint64, 53-bit uniform;
 - `order_key`: the visiting order of top-k/top-p (x descending) as an integer key, -0.0 folded onto +0.0 because
   the reference compares floats (the two zeros tie there);
 - `seq_prefix`: the reference's sequential float64 sums (cumsum in a fixed order), computed exactly in parallel;
 - `radix_select`: the k-th largest x for top-k (kept: x >= it, ties included), no sort;
 - `nucleus`: top-p, visiting kept tokens by x descending (ties: lower index first, the stable sort's order) and
-  keeping each while the mass before it <= top_p x total, where total and the mass are sequential sums;
+  keeping each while the mass before it <= top_p x total, where total sums the kept weights in index order and the
+  mass before sums them in visiting order (both sequential);
 - `draw`: the first kept token (index order) whose running sum exceeds u x total, else the last kept token.
 
 Everything about which token comes out is here; sampling.py only runs the phases (and owns the scratch layout).
@@ -30,33 +32,36 @@ the first few terms), so a 4096-wide window costs a handful of integer scans ins
 
 from __future__ import annotations
 
+import struct
+
 import triton
 import triton.language as tl
 
 from magvit2.ops import sampling_reference as ref
 
-assert len(ref.EXP_COEFFS) == 12, "exp_det below unrolls 12 Horner coefficients: re-sync with sampling_reference"
+assert len(ref.EXP_COEFFS) == 6, "exp_det below unrolls 6 Horner coefficients: re-sync with sampling_reference"
+
+
+def _f32(value: float) -> float:
+    """value rounded to float32 (to nearest), as the reference's float32 tensor ops use a Python float constant."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
 
 GOLDEN = tl.constexpr(ref.GOLDEN)
 MIX1 = tl.constexpr(ref.MIX1)
 MIX2 = tl.constexpr(ref.MIX2)
-LN2_HI = tl.constexpr(ref.LN2_HI)
-LN2_LO = tl.constexpr(ref.LN2_LO)
-INV_LN2 = tl.constexpr(ref.INV_LN2)
-EXP_CUTOFF = tl.constexpr(ref.EXP_CUTOFF)
-C0 = tl.constexpr(ref.EXP_COEFFS[0])
-C1 = tl.constexpr(ref.EXP_COEFFS[1])
-C2 = tl.constexpr(ref.EXP_COEFFS[2])
-C3 = tl.constexpr(ref.EXP_COEFFS[3])
-C4 = tl.constexpr(ref.EXP_COEFFS[4])
-C5 = tl.constexpr(ref.EXP_COEFFS[5])
-C6 = tl.constexpr(ref.EXP_COEFFS[6])
-C7 = tl.constexpr(ref.EXP_COEFFS[7])
-C8 = tl.constexpr(ref.EXP_COEFFS[8])
-C9 = tl.constexpr(ref.EXP_COEFFS[9])
-C10 = tl.constexpr(ref.EXP_COEFFS[10])
-C11 = tl.constexpr(ref.EXP_COEFFS[11])
-ROUND = tl.constexpr(6755399441055744.0)  # 1.5 * 2^52: (y + ROUND) - ROUND == round-half-even(y) for |y| < 2^51
+# float32 constants held as the Python floats of their float32 values: Triton's own rounding of them is then exact
+LN2_HI = tl.constexpr(_f32(ref.LN2_HI))
+LN2_LO = tl.constexpr(_f32(ref.LN2_LO))
+INV_LN2 = tl.constexpr(_f32(ref.INV_LN2))
+EXP_CUTOFF = tl.constexpr(_f32(ref.EXP_CUTOFF))
+C0 = tl.constexpr(_f32(ref.EXP_COEFFS[0]))
+C1 = tl.constexpr(_f32(ref.EXP_COEFFS[1]))
+C2 = tl.constexpr(_f32(ref.EXP_COEFFS[2]))
+C3 = tl.constexpr(_f32(ref.EXP_COEFFS[3]))
+C4 = tl.constexpr(_f32(ref.EXP_COEFFS[4]))
+C5 = tl.constexpr(_f32(ref.EXP_COEFFS[5]))
+ROUND32 = tl.constexpr(12582912.0)  # 1.5 * 2^23: (y + ROUND32) - ROUND32 == round-half-even(y) in float32, |y| < 2^22
 TWO52 = tl.constexpr(4503599627370496.0)
 INV_TWO52 = tl.constexpr(2.0**-52)
 TWO_M53 = tl.constexpr(2.0**-53)
@@ -85,31 +90,25 @@ def combine(c, u, cfg_scale, temperature, HAS_UNCOND: tl.constexpr):
 
 
 @triton.jit
-def exp_det(x):
-    """float64 exp(x) for x <= 0 as sampling_reference.exp_det (same roundings, same constants).
+def exp_det(d):
+    """float32 exp(d) for float32 d = x - max <= 0 as sampling_reference.exp_det (same roundings, same constants).
 
-    x is clamped to [-1e4, 0] first: -inf becomes a finite value far below the cutoff (0 either way, and no
-    inf - inf on the way); x > 0 only occurs in rows that raise (an infinite logit).
+    The clamp to [EXP_CUTOFF, 0] is the reference's clamp to the cutoff (-inf becomes the cutoff, 0 either way);
+    its upper end only matters in rows that raise (an infinite logit: d = +inf would make n NaN).
     """
-    x = tl.minimum(tl.maximum(x, -1.0e4), 0.0)
-    n = (x * INV_LN2 + ROUND) - ROUND
-    r = (x - n * LN2_HI) - n * LN2_LO
+    dc = tl.minimum(tl.maximum(d, EXP_CUTOFF), 0.0)
+    n = (dc * INV_LN2 + ROUND32) - ROUND32  # n in [-126, 0]
+    r = (dc - n * LN2_HI) - n * LN2_LO
     p = tl.zeros_like(r) + C0
     p = p * r + C1
     p = p * r + C2
     p = p * r + C3
     p = p * r + C4
     p = p * r + C5
-    p = p * r + C6
-    p = p * r + C7
-    p = p * r + C8
-    p = p * r + C9
-    p = p * r + C10
-    p = p * r + C11
-    p = p * r + 1.0
-    p = p * r + 1.0
-    scale = ((tl.maximum(n, -1020.0).to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
-    return tl.where(x < EXP_CUTOFF, 0.0, p * scale)
+    p = p * (r * r) + r
+    p = p + 1.0
+    scale = ((n.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # 2^n, exact (normal: n >= -126)
+    return tl.where(d < EXP_CUTOFF, 0.0, p * scale)
 
 
 @triton.jit

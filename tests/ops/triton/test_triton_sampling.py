@@ -49,7 +49,7 @@ def _prefix_cases() -> dict[str, torch.Tensor]:
         "zeros-between": torch.where(torch.rand(200) < 0.5, 0.0, torch.rand(200, **f64)),
         "softmax-weights": torch.exp(-torch.rand(300, **f64) * 30),
         "powers-of-2": torch.tensor([2.0 ** -rng.randint(0, 60) for _ in range(200)], **f64),
-        "near-cutoff": torch.exp(torch.tensor([-700.0, -699.0, -1.0, -600.0, 0.0] * 20, **f64)),
+        "near-cutoff": torch.exp(torch.tensor([-87.0, -86.5, -1.0, -60.0, 0.0] * 20)).double(),  # float32 weights
     }
 
 
@@ -66,20 +66,25 @@ def test_seq_prefix_is_the_sequential_float64_sum(case, device):
 
 
 def test_exp_det_and_uniform_bit_exact(device):
+    n = torch.arange(-126, 0, dtype=torch.float32)
     d = torch.cat(
         [
-            torch.tensor([0.0, -0.0, -1e-300, -1e-17, -0.5, -1.0, -699.999, -700.0, -700.001, -1e4, float("-inf")]),
-            -torch.rand(100, dtype=torch.float64) * 750,
+            torch.tensor([0.0, -0.0, -1e-40, -1e-30, -1e-7, -0.5, -1.0, -86.99, -87.0, -87.01, -88.0, -1e4]),
+            torch.tensor([float("-inf"), -torch.finfo(torch.float32).max, -torch.finfo(torch.float32).tiny]),
+            (n + 0.5) / ref.INV_LN2,  # d / ln 2 near the rounding ties of n
+            n * ref.LN2_HI,  # r near 0
+            -torch.rand(400) * 100,
+            -torch.rand(200) * 2,
         ]
-    ).double()
+    )
     w = torch.empty_like(d, device=device)
     rows = 64
     for seed, offset in ((0, 0), (-1, 2**63 - 1), (1234, 7), (-(2**63), 99)):
         u = torch.empty(rows, dtype=torch.float64, device=device)
-        _rules_kernel[(1,)](d.to(device), w, d.numel(), *split_u64(seed), *split_u64(offset), u, rows, BLOCK=128)
+        _rules_kernel[(1,)](d.to(device), w, d.numel(), *split_u64(seed), *split_u64(offset), u, rows, BLOCK=1024)
         want = torch.tensor([ref.uniform(seed, offset, r) for r in range(rows)], dtype=torch.float64)
         assert torch.equal(u.cpu(), want)
-    assert torch.equal(w.cpu().view(torch.int64), ref.exp_det(d).view(torch.int64))
+    assert torch.equal(w.cpu().view(torch.int32), ref.exp_det(d).view(torch.int32))
 
 
 def _check(logits, uncond=None, cfg_scale=1.0, settings=(dict(),), **tiles):
@@ -161,3 +166,36 @@ def test_bad_rows_raise_as_the_reference(row, message, device):
         sampling.sample_tokens(logits, None, 1.0, 1.0, 0, 1.0, 0, 0)
     with pytest.raises(ValueError, match=message):
         ref.sample_tokens(logits.cpu(), None, 1.0, 1.0, 0, 1.0, 0, 0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf, interpreted
+def test_guidance_nan_raises_as_the_reference(device):
+    # inf - inf in the guidance (-inf in both inputs, or +inf and -inf) is reported before a row without a finite
+    # logit, after a NaN input, as in the reference
+    logits, uncond = torch.zeros(4, 5), torch.zeros(4, 5)
+    logits[0] = float("-inf")  # guidance -inf everywhere: no finite logit
+    logits[2, 2] = uncond[2, 2] = float("-inf")
+    logits[3, 1], uncond[3, 1] = float("inf"), float("-inf")
+    cases = [(None, "row 2 has NaN logits after guidance"), ((2, 2), "row 3 has NaN logits after guidance")]
+    cases += [((1, 4), "row 1 has NaN logits$")]
+    for fix, message in cases:
+        if fix == (2, 2):
+            logits[2, 2] = uncond[2, 2] = 0.0
+        if fix == (1, 4):
+            uncond[1, 4] = float("nan")
+        for fn in (sampling.sample_tokens, ref.sample_tokens):
+            with pytest.raises(ValueError, match=message):
+                fn(logits.to(device), uncond.to(device), 1.9, 1.0, 0, 0.5, 0, 0)
+
+
+def test_weights_at_the_exp_cutoff(device):
+    """Wide logits: many x - max around the cutoff (-87), ties, -inf-masked tokens and a nucleus near p = 1."""
+    g = torch.Generator().manual_seed(87)
+    logits = (torch.randn(4, 1001, generator=g) * 30).round()
+    logits[1, 40:] = float("-inf")
+    logits[2, ::3] = float("-inf")
+    logits[3, 0] = 0.0
+    logits[3, 1:500] = -87.0  # x - max == -87: the lowest weight above the cutoff, tied
+    logits[3, 500:] = torch.linspace(-87.5, -86.5, 501)
+    settings = [dict(), dict(top_k=50), dict(top_p=0.9), dict(top_k=300, top_p=0.8), dict(top_p=1 - 1e-15)]
+    _check(logits.to(device), settings=settings)
