@@ -166,6 +166,13 @@ def build_trainer(
             NPUAccelerator.auto_device_count()  # raises with the reason (torch_npu / CANN missing)
         accelerator, plugins, backend = NPUAccelerator(), npu_plugins(t.precision), "hccl"
     npu = bool(plugins)
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available() and not npu)
+    if on_cpu and t.precision == "16-mixed":
+        # Lightning would quietly run bf16 here; fp16 autocast with a real GradScaler is what GPU runs use, so the
+        # same overflow handling (skipped steps, shrinking scale) runs and is testable on a CPU
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
     if strategy is None and many:
         from lightning.pytorch.strategies import DDPStrategy
 
@@ -184,7 +191,7 @@ def build_trainer(
         devices=devices,
         num_nodes=nodes,
         strategy=strategy or "auto",
-        precision=None if npu else t.precision,
+        precision=None if plugins else t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps * steps_per_batch if t.max_steps > 0 else -1,
         gradient_clip_val=gradient_clip_val,

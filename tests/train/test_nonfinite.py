@@ -132,3 +132,36 @@ def test_ar_skips_and_stops(tokens, tmp_path):
     assert not _same(poison.params[1], poison.params[0])
     assert _same(poison.params[3], poison.params[2])  # a skipped step applies no (stale) gradient
     assert not torch.isfinite(poison.params[2]["head.1.weight"]).all()
+
+
+def test_fp16_gradient_overflow_is_handled_by_the_scaler(tmp_path):
+    """16-mixed on a CPU runs fp16 autocast with a real GradScaler (Lightning alone would switch to bf16). Started
+    at a loss scale of 2^26, the scaled gradients overflow: the scaler skips those updates and shrinks the scale
+    until they fit; training then moves on with finite weights."""
+
+    class Scale(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_train_start(self, trainer, module):
+            trainer.precision_plugin.scaler._init_scale = 2.0**26  # before its first use
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.before = {k: v.detach().clone() for k, v in module.tokenizer.named_parameters()}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            now = dict(module.tokenizer.named_parameters())
+            moved = any(not torch.equal(now[k], v) for k, v in self.before.items())
+            self.rows.append((float(trainer.precision_plugin.scaler.get_scale()), moved))
+
+    overrides = ["trainer.max_steps=8", "trainer.precision=16-mixed", "trainer.accelerator=cpu", "data.batch_size=2",
+                 "loss.disc_start=0", "trainer.val_every_n_steps=100", "trainer.image_every_n_steps=0"]  # fmt: skip
+    config = load_config("tiny", overrides)
+    scale = Scale()
+    data = PhotoDataModule(config.data, train_crops=32, val_crops=2)
+    trainer, module = fit_tokenizer(config, tmp_path, datamodule=data, progress=False, callbacks=[scale])
+    assert type(trainer.precision_plugin).__name__ == "MixedPrecision" and trainer.precision_plugin.scaler is not None
+    scales, moved = zip(*scale.rows, strict=True)
+    assert not moved[0] and scales[0] < 2.0**26  # overflow: update skipped, scale cut
+    assert any(moved) and scales[-1] < scales[0]  # then it fits and the weights move
+    assert all(torch.isfinite(p).all() for p in module.tokenizer.parameters())
