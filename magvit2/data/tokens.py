@@ -88,6 +88,25 @@ class EncodeSummary(NamedTuple):
 
 
 @torch.inference_mode()
+def shard_meta(model, *, preprocess: dict[str, Any], data: str, model_source: str | None) -> dict[str, Any]:
+    """The index metadata of token shards encoded by `model` (a Tokenizer): format, bit order, codebook, token
+    split, downsampling, preprocessing, data and model (the grid and image size are added once known)."""
+    config = model.config
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dtype": "int32",
+        "bit_order": "lsb-first",
+        "codebook_size": config.codebook_size,
+        "factorized_bits": None if config.factorized_bits is None else list(config.factorized_bits),
+        "downsample_factor": model.downsample_factor,
+        "preprocess": preprocess,
+        "data": data,
+        "model": model_source,
+        "model_config": config.to_dict(),
+    }
+
+
 def encode_folder(
     model,
     data: str | os.PathLike,
@@ -115,19 +134,8 @@ def encode_folder(
         ImageFiles(files, size=size, multiple_of=f), batch_size=batch_size, num_workers=workers, shuffle=False
     )
     config = model.config
-    meta: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "dtype": "int32",
-        "bit_order": "lsb-first",
-        "codebook_size": config.codebook_size,
-        "factorized_bits": None if config.factorized_bits is None else list(config.factorized_bits),
-        "downsample_factor": f,
-        "preprocess": {"resize": "shorter side, bilinear" if size else None, "crop": "center", "size": size},
-        "data": str(root),
-        "model": model_source,
-        "model_config": config.to_dict(),
-    }
+    preprocess = {"resize": "shorter side, bilinear" if size else None, "crop": "center", "size": size}
+    meta = shard_meta(model, preprocess=preprocess, data=str(root), model_source=model_source)
     writer: TokenShardWriter | None = None
     image_size: tuple[int, int] | None = None
     written: set[int] = set()

@@ -104,25 +104,13 @@ def write_digit_tokens(
 ) -> Path:
     """Token shards as `magvit2 encode` writes them; source names `<class>/<index>` so that the AR trainer's
     class ids (sorted parent-folder names) are the digits themselves. Returns the folder."""
-    from magvit2.data.tokens import FORMAT_NAME, FORMAT_VERSION, TokenShardWriter
+    from magvit2.data.tokens import TokenShardWriter, shard_meta
 
-    config, n, h, w = tokenizer.config, *tokens.shape
+    n, h, w = tokens.shape
     f = tokenizer.downsample_factor
-    meta: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "dtype": "int32",
-        "bit_order": "lsb-first",
-        "codebook_size": config.codebook_size,
-        "factorized_bits": None if config.factorized_bits is None else list(config.factorized_bits),
-        "downsample_factor": f,
-        "preprocess": {"resize": "sklearn digits 8x8, bilinear upscale", "crop": None, "size": h * f},
-        "data": "sklearn.datasets.load_digits",
-        "model": model_source,
-        "model_config": config.to_dict(),
-        "image_size": [h * f, w * f],
-        "grid": [h, w],
-    }
+    preprocess = {"resize": "sklearn digits 8x8, bilinear upscale", "crop": None, "size": h * f}
+    meta = shard_meta(tokenizer, preprocess=preprocess, data="sklearn.datasets.load_digits", model_source=model_source)
+    meta.update(image_size=[h * f, w * f], grid=[h, w])
     writer = TokenShardWriter(out_dir, shard_size=max(n, 1), meta=meta)
     writer.add(tokens, [f"{int(c)}/{i:05d}" for i, c in enumerate(labels)])
     writer.close()
