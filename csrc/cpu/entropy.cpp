@@ -125,17 +125,6 @@ at::Tensor codebook_entropy_grad(const at::Tensor& avg, double eps, double g_cb,
   return d_avg;
 }
 
-at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_entropy_args(const char* fn, const at::Tensor& z, double inv_temperature, double eps) {
-  MAGVIT2_CHECK_LATENTS(fn, z);
-  TORCH_CHECK(z.size(1) <= kMaxEntropyBits, fn, ": K = ", z.size(1), " means a 2^K-entry codebook average; K <= ",
-              kMaxEntropyBits, " is supported");
-  TORCH_CHECK(std::isfinite(inv_temperature) && inv_temperature > 0, fn,
-              ": inv_temperature must be a finite number > 0, got ", inv_temperature);
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, fn, ": eps must be a finite number >= 0, got ", eps);
-}
-
 // Rows [begin, end) of the chunk starting at token c0: per-bit sigmoids q0, q1 (chunk, K), the group products
 // P_A (chunk, 2^Ka), P_B (chunk, 2^Kb) and, when h is given, each token's entropy sum_i H_b(q_i).
 template <typename scalar_t, typename acc_t>
@@ -210,11 +199,7 @@ at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at:
   const int64_t ka = (k + 1) / 2, kb = k / 2, wa = int64_t(1) << ka, wb = int64_t(1) << kb;
   const at::ScalarType acc = opmath(z.scalar_type());
   const at::TensorOptions opts = z.options().dtype(acc);
-  TORCH_CHECK(avg.scalar_type() == acc && avg.dim() == 2 && avg.size(0) == wa && avg.size(1) == wb,
-              "lfq_entropy_backward: avg must be (2^Ka, 2^Kb) = (", wa, ", ", wb, ") in ", acc, ", got ",
-              avg.sizes(), " ", avg.scalar_type());
-  TORCH_CHECK(grad_per_sample.numel() == 1 && grad_codebook.numel() == 1,
-              "lfq_entropy_backward: grad_per_sample and grad_codebook must be scalars");
+  check_entropy_backward_args(z, avg, grad_per_sample, grad_codebook);
   at::Tensor grad = at::empty({n, k}, z.options());
   if (n == 0) {
     return grad;

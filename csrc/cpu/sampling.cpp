@@ -31,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/ops.h"
 
 namespace magvit2 {
@@ -256,19 +257,10 @@ int64_t sample_row(const float* c, const float* un, int64_t vocab, float scale, 
 
 at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
                              double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "sample_tokens: logits must be 2-D (rows, vocab), got ", logits.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "sample_tokens: logits must be floating, got ",
-                    logits.scalar_type());
-  TORCH_CHECK_VALUE(logits.size(1) >= 1, "sample_tokens: logits must have a vocabulary of >= 1, got ", logits.sizes());
-  TORCH_CHECK_VALUE(temperature > 0, "sample_tokens: temperature must be > 0 (top_k=1 is greedy), got ", temperature);
-  TORCH_CHECK_VALUE(top_k >= 0, "sample_tokens: top_k must be >= 0 (0 = off), got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "sample_tokens: top_p must be in (0, 1], got ", top_p);
+  check_sample_args(logits, uncond, temperature, top_k, top_p);
   const at::Tensor x = logits.contiguous();
   at::Tensor un;
   if (uncond.has_value() && uncond->defined()) {
-    TORCH_CHECK_VALUE(uncond->sizes() == logits.sizes() && uncond->scalar_type() == logits.scalar_type(),
-                      "sample_tokens: uncond must match logits (", logits.sizes(), ", ", logits.scalar_type(),
-                      "), got ", uncond->sizes(), ", ", uncond->scalar_type());
     un = uncond->contiguous();
   }
   const int64_t rows = x.size(0), vocab = x.size(1);

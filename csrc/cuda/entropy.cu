@@ -213,17 +213,6 @@ unsigned grid_for(int64_t count, int threads) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((count + threads - 1) / threads, 1 << 16)));
 }
 
-at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_entropy_args(const char* fn, const at::Tensor& z, double inv_temperature, double eps) {
-  MAGVIT2_CHECK_LATENTS(fn, z);
-  TORCH_CHECK(z.size(1) <= kMaxEntropyBits, fn, ": K = ", z.size(1), " means a 2^K-entry codebook average; K <= ",
-              kMaxEntropyBits, " is supported");
-  TORCH_CHECK(std::isfinite(inv_temperature) && inv_temperature > 0, fn,
-              ": inv_temperature must be a finite number > 0, got ", inv_temperature);
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, fn, ": eps must be a finite number >= 0, got ", eps);
-}
-
 int64_t chunk_rows(int64_t n, int64_t wa, int64_t wb) {
   return std::max<int64_t>(1, std::min<int64_t>(n, std::max<int64_t>(1024, kChunkEntries / (wa + wb))));
 }
@@ -291,13 +280,9 @@ at::Tensor lfq_entropy_backward_cuda(const at::Tensor& grad_per_sample, const at
   const int64_t ka = (k + 1) / 2, kb = k / 2, wa = int64_t(1) << ka, wb = int64_t(1) << kb;
   const at::ScalarType acc = opmath(z.scalar_type());
   const at::TensorOptions opts = z.options().dtype(acc);
-  TORCH_CHECK(avg.scalar_type() == acc && avg.dim() == 2 && avg.size(0) == wa && avg.size(1) == wb,
-              "lfq_entropy_backward: avg must be (2^Ka, 2^Kb) = (", wa, ", ", wb, ") in ", acc, ", got ",
-              avg.sizes(), " ", avg.scalar_type());
+  check_entropy_backward_args(z, avg, grad_per_sample, grad_codebook);
   TORCH_CHECK(avg.device() == z.device(), "lfq_entropy_backward: avg must be on z's device ", z.device(), ", got ",
               avg.device());
-  TORCH_CHECK(grad_per_sample.numel() == 1 && grad_codebook.numel() == 1,
-              "lfq_entropy_backward: grad_per_sample and grad_codebook must be scalars");
   const bool has_avg_grad = grad_avg.has_value() && grad_avg->defined();
   if (has_avg_grad) {
     TORCH_CHECK(grad_avg->numel() == wa * wb, "lfq_entropy_backward: grad_avg must have the shape of avg (", wa,

@@ -20,32 +20,11 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/raw_bits.h"
 
 namespace magvit2 {
 namespace {
 
-template <typename scalar_t>
-struct Raw;
-template <>
-struct Raw<float> {
-  using type = uint32_t;
-  static constexpr type inf = 0x7f800000u, one = 0x3f800000u, minus_one = 0xbf800000u;
-};
-template <>
-struct Raw<double> {
-  using type = uint64_t;
-  static constexpr type inf = 0x7ff0000000000000ull, one = 0x3ff0000000000000ull, minus_one = 0xbff0000000000000ull;
-};
-template <>
-struct Raw<at::Half> {
-  using type = uint16_t;
-  static constexpr type inf = 0x7c00u, one = 0x3c00u, minus_one = 0xbc00u;
-};
-template <>
-struct Raw<at::BFloat16> {
-  using type = uint16_t;
-  static constexpr type inf = 0x7f80u, one = 0x3f80u, minus_one = 0xbf80u;
-};
 
 constexpr int kThreads = 256;
 constexpr int kGroupsPerLaunch = 64;
@@ -72,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
     raw_t* out = codes + row * k + c0;
     uint64_t index = 0;
     for (int j = 0; j < bits; ++j) {
-      const bool p = static_cast<raw_t>(in[j * s1] - 1) < kInf;
+      const bool p = positive<raw_t, kInf>(in[j * s1]);
       out[j] = p ? kOne : kMinusOne;
       index |= static_cast<uint64_t>(p) << j;
     }
@@ -113,14 +92,7 @@ void launch_quantize(const at::Tensor& z, const std::vector<int64_t>& bits, at::
 std::tuple<at::Tensor, at::Tensor> lfq_quantize_cuda(const at::Tensor& z, at::IntArrayRef group_bits) {
   MAGVIT2_CHECK_LATENTS("lfq_quantize", z);
   const int64_t n = z.size(0), k = z.size(1);
-  TORCH_CHECK(!group_bits.empty(), "lfq_quantize: group_bits must name at least one group");
-  int64_t total = 0;
-  for (int64_t b : group_bits) {
-    TORCH_CHECK(b >= 1 && b <= kMaxIndexBits, "lfq_quantize: every group_bits entry must be in [1, ",
-                kMaxIndexBits, "], got ", group_bits);
-    total += b;
-  }
-  TORCH_CHECK(total == k, "lfq_quantize: group_bits ", group_bits, " sum to ", total, ", but z has K = ", k);
+  check_group_bits(group_bits, k);
   TORCH_CHECK(k <= INT32_MAX, "lfq_quantize: z must have K < 2^31 channels, got ", k);
 
   const std::vector<int64_t> bits(group_bits.begin(), group_bits.end());

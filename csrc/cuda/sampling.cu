@@ -31,6 +31,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/checks.h"
+
 namespace magvit2 {
 namespace {
 
@@ -430,22 +432,12 @@ __global__ void __launch_bounds__(kThreads)
 
 at::Tensor sample_tokens_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
                               double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "sample_tokens: logits must be 2-D (rows, vocab), got ", logits.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "sample_tokens: logits must be floating, got ",
-                    logits.scalar_type());
-  TORCH_CHECK_VALUE(logits.size(1) >= 1, "sample_tokens: logits must have a vocabulary of >= 1, got ",
-                    logits.sizes());
-  TORCH_CHECK_VALUE(temperature > 0, "sample_tokens: temperature must be > 0 (top_k=1 is greedy), got ", temperature);
-  TORCH_CHECK_VALUE(top_k >= 0, "sample_tokens: top_k must be >= 0 (0 = off), got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "sample_tokens: top_p must be in (0, 1], got ", top_p);
+  check_sample_args(logits, uncond, temperature, top_k, top_p);
   TORCH_CHECK_VALUE(logits.size(1) <= std::numeric_limits<int32_t>::max(),
                     "sample_tokens: logits must have a vocabulary < 2^31 on CUDA, got ", logits.sizes());
   const at::Tensor x = logits.contiguous();
   at::Tensor un;
   if (uncond.has_value() && uncond->defined()) {
-    TORCH_CHECK_VALUE(uncond->sizes() == logits.sizes() && uncond->scalar_type() == logits.scalar_type(),
-                      "sample_tokens: uncond must match logits (", logits.sizes(), ", ", logits.scalar_type(),
-                      "), got ", uncond->sizes(), ", ", uncond->scalar_type());
     TORCH_CHECK_VALUE(uncond->device() == logits.device(), "sample_tokens: uncond must be on logits' device ",
                       logits.device(), ", got ", uncond->device());
     un = uncond->contiguous();
