@@ -9,26 +9,27 @@ import magvit2._C_cuda  # noqa: F401  (fails loudly if it does not load or link)
 import torch
 
 from magvit2.ops import backends
-from magvit2.ops._library import OPS, qualname
+from magvit2.ops._library import CUDA_OPS, OPS, qualname
 
 assert torch.version.cuda, f"torch {torch.__version__} has no CUDA"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), magvit2._C_cuda: {magvit2._C_cuda.__file__}")
 
 for op in OPS:
-    for key in ("CUDA", "CPU"):
+    keys = ("CUDA", "CPU") if op in CUDA_OPS else ("CPU",)
+    for key in keys:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key), f"{qualname(op)}: no {key} kernel"
-    print(f"  {qualname(op):<30} CUDA kernel: yes")
+    print(f"  {qualname(op):<30} CUDA kernel: {'yes' if op in CUDA_OPS else 'none (CPU op)'}")
 
 choice = backends.table()["cuda"]
 assert choice.backend == "cuda_ext", choice
-for op in OPS:
+for op in CUDA_OPS:
     assert backends.serving(op, "cuda") == "cuda_ext", op
 
 magvit2_cli = shutil.which("magvit2", path=os.path.dirname(sys.executable))
 info = subprocess.run([magvit2_cli, "info"], capture_output=True, text=True, check=True).stdout
-rows = [line.split() for line in info.splitlines() if line.split()[:1] and line.split()[0] in OPS]
+rows = [line.split() for line in info.splitlines() if line.split()[:1] and line.split()[0] in CUDA_OPS]
 cuda_rows = [r for r in rows if r[1] == "cuda"]
-assert len(cuda_rows) == len(OPS) and all(r[3] == "cuda_ext" for r in cuda_rows), info
+assert len(cuda_rows) == len(CUDA_OPS) and all(r[3] == "cuda_ext" for r in cuda_rows), info
 print("magvit2 info, cuda rows:")
 print("\n".join(line for line in info.splitlines() if " cuda " in line))
 

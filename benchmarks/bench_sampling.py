@@ -12,20 +12,27 @@ from conftest import FULL, interleaved
 from magvit2 import ops
 
 
-def official_step(cond, uncond, cfg, temperature, top_k, top_p):
-    """The official sampler's per-sub-token work (gpt.py sample_from_logits + top_k_top_p_filtering)."""
-    logits = uncond + (cond - uncond) * cfg
-    logits = logits / temperature
+def official_filter(logits, top_k, top_p):
+    """The official top_k_top_p_filtering (gpt.py, min_tokens_to_keep 1): writes -inf into `logits` in place through
+    boolean indexing and returns it."""
     if top_k > 0:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        kth = torch.topk(logits, min(max(top_k, 1), logits.size(-1)))[0][..., -1, None]
+        logits[logits < kth] = float("-inf")
     if top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum > top_p
+        remove = torch.cumsum(sorted_logits.softmax(dim=-1), dim=-1) > top_p
         remove[..., 1:] = remove[..., :-1].clone()
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+        remove[..., 0] = 0
+        logits[remove.scatter(1, sorted_idx, remove)] = float("-inf")
+    return logits
+
+
+def official_step(cond, uncond, cfg, temperature, top_k, top_p):
+    """The official sampler's per-sub-token work: CFG combine, then gpt.py sample_from_logits (/ temperature,
+    top_k_top_p_filtering when a filter is on, softmax, multinomial)."""
+    logits = (uncond + (cond - uncond) * cfg) / temperature
+    if top_k > 0 or top_p < 1.0:
+        logits = official_filter(logits, top_k, top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1)[:, 0]
 
 

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -70,6 +71,77 @@ inline void check_sample_args(const at::Tensor& logits, const std::optional<at::
     TORCH_CHECK_VALUE(uncond->sizes() == logits.sizes() && uncond->scalar_type() == logits.scalar_type(),
                       "sample_tokens: uncond must match logits (", logits.sizes(), ", ", logits.scalar_type(),
                       "), got ", uncond->sizes(), ", ", uncond->scalar_type());
+  }
+}
+
+// A decode weight is (in, out), or its 16-column panels (out / 16, in, 16); -1 for anything else.
+inline int64_t decode_in(const at::Tensor& w) { return w.dim() == 3 ? w.size(1) : w.dim() == 2 ? w.size(0) : -1; }
+inline int64_t decode_out(const at::Tensor& w) {
+  return w.dim() == 3 && w.size(2) == 16 ? w.size(0) * 16 : w.dim() == 2 ? w.size(1) : -1;
+}
+
+// decode_block: x (R, dim); caches (R, H, S, D) contiguous in x's dtype with H * D = dim and D even; weights
+// (in, out) or (out / 16, in, 16) panels in x's dtype: wqkv (dim, 3 dim), wo (dim, dim), w13 (dim, 2 hidden),
+// w2 (hidden, dim); rope float32
+// (L, D / 2, 2); pos one integer in [0, min(S, L)). Returns pos.
+inline int64_t check_decode_args(const at::Tensor& x, const at::Tensor& wqkv, const at::Tensor& wo,
+                                 const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& k_cache,
+                                 const at::Tensor& v_cache, const at::Tensor& rope, const at::Tensor& pos, double eps) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && at::isFloatingType(x.scalar_type()),
+                    "decode_block: x must be a floating (rows, dim) tensor, got ", x.scalar_type(), " ", x.sizes());
+  const int64_t rows = x.size(0), dim = x.size(1);
+  TORCH_CHECK_VALUE(k_cache.dim() == 4 && k_cache.size(0) == rows && k_cache.size(1) * k_cache.size(3) == dim &&
+                        k_cache.size(3) % 2 == 0,
+                    "decode_block: k_cache must be (rows, heads, length, head_dim) with rows = ", rows,
+                    ", heads * head_dim = ", dim, " and an even head_dim, got ", k_cache.sizes());
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "decode_block: v_cache must match k_cache ",
+                    k_cache.sizes(), ", got ", v_cache.sizes());
+  for (const at::Tensor* c : {&k_cache, &v_cache}) {
+    TORCH_CHECK_VALUE(c->scalar_type() == x.scalar_type() && c->is_contiguous(),
+                      "decode_block: k_cache and v_cache must be contiguous ", x.scalar_type(), " tensors, got ",
+                      c->scalar_type(), c->is_contiguous() ? "" : " (not contiguous)");
+  }
+  const int64_t hidden = decode_in(w2);
+  const struct {
+    const char* name;
+    const at::Tensor& w;
+    int64_t in, out;
+  } weights[] = {{"wqkv", wqkv, dim, 3 * dim}, {"wo", wo, dim, dim}, {"w13", w13, dim, 2 * hidden},
+                 {"w2", w2, hidden, dim}};
+  for (const auto& e : weights) {
+    TORCH_CHECK_VALUE(decode_in(e.w) == e.in && decode_out(e.w) == e.out && e.w.scalar_type() == x.scalar_type(),
+                      "decode_block: ", e.name, " must be (in, out) = (", e.in, ", ", e.out,
+                      ") or its panels (out / 16, in, 16) in ", x.scalar_type(),
+                      " (w13 = [w1 | w3] of 2 x w2's hidden rows), got ", e.w.sizes(), " ", e.w.scalar_type());
+  }
+  const int64_t half = k_cache.size(3) / 2;
+  TORCH_CHECK_VALUE(rope.dim() == 3 && rope.size(1) == half && rope.size(2) == 2 && rope.scalar_type() == at::kFloat,
+                    "decode_block: rope must be a float32 (positions, head_dim / 2, 2) = (L, ", half,
+                    ", 2) table, got ", rope.scalar_type(), " ", rope.sizes());
+  TORCH_CHECK_VALUE(pos.numel() == 1 && !at::isFloatingType(pos.scalar_type()) && pos.scalar_type() != at::kBool,
+                    "decode_block: pos must be one integer, got ", pos.scalar_type(), " ", pos.sizes());
+  const int64_t n = pos.item<int64_t>();
+  TORCH_CHECK_VALUE(n >= 0 && n < k_cache.size(2) && n < rope.size(0), "decode_block: pos must be in [0, ",
+                    std::min(k_cache.size(2), rope.size(0)), ") (cache length ", k_cache.size(2), ", rope rows ",
+                    rope.size(0), "), got ", n);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "decode_block: eps must be a finite number >= 0, got ", eps);
+  return n;
+}
+
+// decode_logits: z (R, dim) floating, head (dim, V) or its panels in z's dtype, R even under guidance.
+inline void check_logits_args(const at::Tensor& z, const at::Tensor& head, double eps,
+                              const std::optional<double>& cfg_scale) {
+  TORCH_CHECK_VALUE(z.dim() == 2 && at::isFloatingType(z.scalar_type()),
+                    "decode_logits: z must be a floating (rows, dim) tensor, got ", z.scalar_type(), " ", z.sizes());
+  TORCH_CHECK_VALUE(decode_in(head) == z.size(1) && decode_out(head) >= 1 && head.scalar_type() == z.scalar_type(),
+                    "decode_logits: head must be (dim, vocab) with dim = ", z.size(1),
+                    ", or its panels (vocab / 16, dim, 16), in ", z.scalar_type(), ", got ", head.sizes(), " ",
+                    head.scalar_type());
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "decode_logits: eps must be a finite number >= 0, got ", eps);
+  if (cfg_scale.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(*cfg_scale), "decode_logits: cfg_scale must be finite, got ", *cfg_scale);
+    TORCH_CHECK_VALUE(z.size(0) % 2 == 0, "decode_logits: with cfg_scale, z must hold [cond; uncond] rows (an even "
+                      "count), got ", z.size(0));
   }
 }
 

@@ -30,12 +30,24 @@ SCHEMAS = {
         "sample_tokens(Tensor logits, Tensor? uncond, float cfg_scale, float temperature, int top_k, float top_p, "
         "int seed, int offset) -> Tensor"
     ),
+    # One pre-norm transformer block for the newest position of R rows (a generation step's body); writes k, v at
+    # `pos` of the caches. Weights (in, out) or (out / 16, in, 16) panels, RMSNorm weights folded in. CPU kernel only.
+    "decode_block": (
+        "decode_block(Tensor x, Tensor wqkv, Tensor wo, Tensor w13, Tensor w2, Tensor(a!) k_cache, "
+        "Tensor(b!) v_cache, Tensor rope, Tensor pos, float eps) -> Tensor"
+    ),
+    # The step's head: RMSNorm (weight folded into head), guidance over [cond; uncond] rows when cfg_scale is given,
+    # then the (dim, vocab) projection. CPU kernel only.
+    "decode_logits": "decode_logits(Tensor z, Tensor head, float eps, float? cfg_scale) -> Tensor",
 }
 
 for _schema in SCHEMAS.values():
     lib.define(_schema)
 
 OPS = tuple(SCHEMAS)
+# Ops with CUDA kernels (magvit2._C_cuda) and Triton kernels. The decode_ ops are CPU kernels: on a GPU the decode
+# step's tensor ops run as they are (the reference), or are captured whole (torch.compile / CUDA graphs).
+CUDA_OPS = tuple(op for op in OPS if not op.startswith("decode_"))
 
 
 def qualname(op: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from magvit2.ops._library import OPS, qualname
+from magvit2.ops._library import CUDA_OPS, OPS, qualname
 
 ENV = "MAGVIT2_BACKEND"
 ORDER: dict[str, tuple[str, ...]] = {
@@ -100,7 +100,7 @@ def _load_cuda_ext() -> str:
         importlib.import_module("magvit2._C_cuda")
     except ImportError as exc:
         raise ImportError(f"magvit2._C_cuda is not built ({exc}); see README, CUDA kernels") from exc
-    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
+    missing = [op for op in CUDA_OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
     if missing or _TRITON_CUDA:
         raise ImportError(f"magvit2._C_cuda has no CUDA kernel for {missing} (stale build? reinstall the package)")
     return f"compiled extension magvit2._C_cuda (CUDA {torch.version.cuda})"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from magvit2.ops._library import lib
+from magvit2.ops.decode_reference import decode_block, decode_logits
 from magvit2.ops.sampling_reference import sample_tokens
 
 
@@ -156,5 +157,7 @@ for _name, _fn in {
     "lfq_quantize": lfq_quantize,
     "lfq_entropy": lfq_entropy,
     "lfq_entropy_backward": lfq_entropy_backward,
+    "decode_block": decode_block,
+    "decode_logits": decode_logits,
 }.items():
     lib.impl(_name, _fn, "CompositeExplicitAutograd")

@@ -19,7 +19,7 @@ TOL = {
 
 
 def test_cuda_kernels_serve_every_op():
-    for op in backends.OPS:
+    for op in backends.CUDA_OPS:
         assert backends.serving(op, "cuda") == "cuda_ext"
 
 
@@ -124,3 +124,38 @@ def test_sample_tokens_weights_at_the_exp_cutoff_and_guidance_nan():
     logits[2, 4] = uncond[2, 4] = float("-inf")
     with pytest.raises(ValueError, match="row 2 has NaN logits after guidance"):
         ops.sample_tokens(logits, uncond=uncond, cfg_scale=1.9)
+
+
+def test_decode_ops_run_the_reference_on_cuda_and_generate_matches_cpu():
+    """decode_block / decode_logits have CPU kernels only: on CUDA the reference serves them, within float32
+    rounding of the CPU kernel; a whole greedy generation gives the same tokens on both devices (float64)."""
+    assert backends.serving("decode_block", "cuda") == "reference"
+    g = torch.Generator().manual_seed(0)
+    x, k, v = torch.randn(16, 256, generator=g), torch.randn(16, 4, 9, 64, generator=g), torch.randn(16, 4, 9, 64)
+    w = [
+        torch.randn(256, 768) / 16,
+        torch.randn(256, 256) / 16,
+        torch.randn(256, 1536) / 16,
+        torch.randn(768, 256) / 28,
+    ]
+    rope, pos = torch.rand(9, 32, 2), torch.tensor(5)
+    cpu = ops.decode_block(x, *w, k.clone(), v.clone(), rope, pos, 1e-5)
+    gpu = ops.decode_block(x.cuda(), *(m.cuda() for m in w), k.cuda(), v.cuda(), rope.cuda(), pos.cuda(), 1e-5)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+    head = torch.randn(256, 4096) / 16
+    torch.testing.assert_close(
+        ops.decode_logits(x.cuda(), head.cuda(), 1e-5, 4.0).cpu(),
+        ops.decode_logits(x, head, 1e-5, 4.0),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    from magvit2.nn import ARTransformer
+
+    torch.manual_seed(0)
+    model = ARTransformer.from_preset("tiny").double().eval()
+    for h in model.head:  # zero-initialised heads would make every greedy token 0
+        torch.nn.init.normal_(h.weight, 0.0, 0.2)
+    settings = dict(cfg=(1.9, 2.0), top_k=(1, 1), num_tokens=8)
+    on_cpu = model.generate(torch.tensor([1, 4]), **settings)
+    on_gpu = model.cuda().generate(torch.tensor([1, 4]).cuda(), **settings)
+    assert torch.equal(on_gpu.pre.cpu(), on_cpu.pre) and torch.equal(on_gpu.post.cpu(), on_cpu.post)

@@ -337,7 +337,7 @@ def test_guided_step_logits_equal_the_combined_full_forward_in_float64():
     x = model.class_emb.embedding_table(torch.cat([classes, null]))
     for n in range(steps):
         pre, post = out.pre[:, n].repeat(2), out.post[:, n].repeat(2)
-        got = (step.pre_logits(x, step.positions[n], n), step.post_logits(pre))
+        got = (step.pre_logits(x, step.positions[n]), step.post_logits(pre))
         for field, logits, s in zip(("pre", "post"), got, scales, strict=True):
             c, u = getattr(cond, field)[:, n], getattr(uncond, field)[:, n]
             torch.testing.assert_close(logits, u + s * (c - u), rtol=0, atol=1e-10)
