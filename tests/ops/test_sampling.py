@@ -203,3 +203,19 @@ def test_opcheck_and_compile():
     assert torch.equal(
         step(logits, uncond), ops.sample_tokens(logits * 2, uncond=uncond, cfg_scale=1.9, top_k=5, seed=1, offset=2)
     )
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.0, 8.0], ids=lambda s: f"std{s}")
+@pytest.mark.parametrize("top_p", [0.5, 0.96, 0.999999], ids=lambda p: f"p{p}")
+def test_top_p_nucleus_of_any_width_matches_the_reference(scale, top_p):
+    """The nucleus from a few tokens (std 8) to most of the row (std 0.3): the candidates found from the binned
+    mass, their sort keys, the continuation below them (p within rounding of 1) and the flags-based draw of a
+    large nucleus; signed zeros and repeated values order as equal logits (by index)."""
+    g = torch.Generator().manual_seed(int(scale * 10))
+    logits = torch.randn(16, 4096, generator=g) * scale
+    logits[0, :2048] = 0.0
+    logits[0, 1::4] = -0.0
+    logits[1] = (logits[1] * 4).round() / 4  # many ties
+    for i in range(3):
+        kw = dict(top_p=top_p, seed=i, offset=3 * i)
+        assert torch.equal(ops.sample_tokens(logits, **kw), _ref(logits, **kw)), kw
