@@ -61,11 +61,7 @@ def _block(block: Block, x: torch.Tensor, freqs: torch.Tensor, cache: _Cache, po
     attn = block.attention
     r, t, dim = x.shape
     q, k, v = attn.wqkv(_rms(block.attention_norm, x)).split([dim, dim, dim], dim=-1)
-    q, k, v = (
-        q.view(r, t, attn.n_head, attn.head_dim),
-        k.view(r, t, attn.n_head, attn.head_dim),
-        v.view(r, t, attn.n_head, attn.head_dim),
-    )
+    q, k, v = (y.view(r, t, attn.n_head, attn.head_dim) for y in (q, k, v))
     q, k = _rotary(q, freqs), _rotary(k, freqs)
     q, k, v = (y.transpose(1, 2) for y in (q, k, v))
     keys, values = cache.update(pos, k, v)

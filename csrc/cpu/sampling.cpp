@@ -295,9 +295,10 @@ at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::T
     const scalar_t* lp = x.const_data_ptr<scalar_t>();
     const scalar_t* up = un.defined() ? un.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      const bool nucleus_keys = top_p < 1 && !(top_k > 0 && top_k < vocab);  // top-p without a top-k cut
       Row buf{std::vector<float>(vocab), std::vector<float>(vocab), std::vector<float>(vocab),
               std::vector<float>(top_k > 1 && top_k < vocab ? vocab / 8 + 1 : 0), std::vector<double>(vocab),
-              std::vector<int64_t>(vocab), {}, std::vector<uint64_t>(top_p < 1 && !(top_k > 0 && top_k < vocab) ? vocab : 0),
+              std::vector<int64_t>(vocab), {}, std::vector<uint64_t>(nucleus_keys ? vocab : 0),
               std::vector<uint8_t>(top_p < 1 ? vocab : 0)};
       std::vector<float> cf, uf;  // float copies of a row for the other dtypes
       if constexpr (!std::is_same_v<scalar_t, float>) cf.resize(vocab), uf.resize(up ? vocab : 0);

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magvit2 import ops
+from magvit2.ops import decode_reference as ref
 
 
 class KVCache(NamedTuple):
@@ -116,20 +117,7 @@ class DecodeStep(nn.Module):
         self.intra_cache = [KVCache(*(torch.zeros(two, device=device, dtype=dtype) for _ in "kv")) for _ in self.intra]
         # RoPE rows (fp32, as apply_rope computes); rows 0 and 1 also serve the intra positions
         self.rope = model.rope[: max(length, 2)].to(device).contiguous()  # (S, D/2, 2)
-        self.cos, self.sin = self.rope[..., 0].contiguous(), self.rope[..., 1].contiguous()
         self.positions = torch.arange(max(length, 2), device=device)
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        # RMSNorm.forward's arithmetic (in fp32) without the weight, which is folded into the next matmul
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).type_as(x)
-
-    def _rope(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """x (..., D) rotated by RoPE row `at` (a (1,) index tensor), in fp32."""
-        pairs = x.float().unflatten(-1, (-1, 2))  # (..., D/2, 2)
-        cos, sin = self.cos.index_select(0, at)[0], self.sin.index_select(0, at)[0]
-        a, b = pairs[..., 0], pairs[..., 1]
-        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).type_as(x)
 
     def _block(self, x: torch.Tensor, w: _Weights, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
         """One block at cache position `pos` (0-d tensor)."""
@@ -137,26 +125,21 @@ class DecodeStep(nn.Module):
             return ops.decode_block(x, *w, cache.k, cache.v, self.rope, pos, self.eps)
         # static: the same shapes and ops at every position (k, v written by index_put_, attention under a mask)
         r, at = x.shape[0], pos.view(1)
-        qkv = (self._norm(x) @ w.wqkv).view(r, 3, self.n_head, self.head_dim)
-        qk = self._rope(qkv[:, :2], at)  # (R, 2, H, D)
+        qkv = (ref.rms(x, self.eps) @ w.wqkv).view(r, 3, self.n_head, self.head_dim)
+        qk = ref.rotate(qkv[:, :2], self.rope.index_select(0, at)[0])  # (R, 2, H, D)
         cache.k[:, :, at] = qk[:, 1, :, None]
         cache.v[:, :, at] = qkv[:, 2, :, None]
         mask = (torch.arange(cache.k.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # positions written
         att = F.scaled_dot_product_attention(qk[:, 0, :, None], cache.k, cache.v, attn_mask=mask)
         h = torch.addmm(x, att.reshape(r, self.dim), w.wo)
-        a, b = (self._norm(h) @ w.w13).chunk(2, dim=-1)
+        a, b = (ref.rms(h, self.eps) @ w.w13).chunk(2, dim=-1)
         return torch.addmm(h, F.silu(a) * b, w.w2)
 
     def _logits(self, z: torch.Tensor, sub: int) -> torch.Tensor:
         # guided: uncond + s * (cond - uncond) where s > 1; cond alone (lerp weight 1) where not
         s = None if self.guidance is None else (self.guidance[sub] if self.guidance[sub] > 1 else 1.0)
-        if not self.static:
-            return ops.decode_logits(z, self.heads[sub], self.eps, s)
-        z = self._norm(z)
-        if s is not None:
-            cond, uncond = z.chunk(2)
-            z = torch.lerp(uncond, cond, s)
-        return z @ self.heads[sub]
+        logits = ref.decode_logits if self.static else ops.decode_logits  # static: tensor ops, for a compiled graph
+        return logits(z, self.heads[sub], self.eps, s)
 
     def pre_logits(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x (R, dim) at position `pos` (0-d int64 tensor) through the spatial blocks and intra sub-step 0 ->

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from magvit2.ops._library import qualname
+from magvit2.ops.decode_reference import weight_out
 
 
 def decode_block(
@@ -65,8 +66,7 @@ def decode_logits(z: torch.Tensor, head: torch.Tensor, eps: float, cfg_scale: fl
 @torch.library.register_fake(qualname("decode_logits"))
 def fake_decode_logits(z, head, eps, cfg_scale):
     rows = z.shape[0] // 2 if cfg_scale is not None else z.shape[0]
-    vocab = head.shape[0] * 16 if head.dim() == 3 else head.shape[1]
-    return z.new_empty((rows, vocab))
+    return z.new_empty((rows, weight_out(head)))
 
 
 def decode_panels(w: torch.Tensor) -> torch.Tensor:

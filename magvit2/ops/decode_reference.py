@@ -34,11 +34,13 @@ def dense(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 0, 2).reshape(w.shape[1], -1) if w.dim() == 3 else w
 
 
-def _in(w: torch.Tensor) -> int:
+def weight_in(w: torch.Tensor) -> int:
+    """in of a decode weight (in, out) or of its panels (out / 16, in, 16); -1 for anything else."""
     return w.shape[1] if w.dim() == 3 else (w.shape[0] if w.dim() == 2 else -1)
 
 
-def _out(w: torch.Tensor) -> int:
+def weight_out(w: torch.Tensor) -> int:
+    """out of a decode weight (in, out) or of its panels (out / 16, in, 16); -1 for anything else."""
     return w.shape[0] * 16 if w.dim() == 3 and w.shape[2] == 16 else (w.shape[1] if w.dim() == 2 else -1)
 
 
@@ -65,10 +67,10 @@ def check_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps) -> int:
                 f"k_cache and v_cache must be contiguous {x.dtype} tensors, got {c.dtype}"
                 + ("" if c.is_contiguous() else " (not contiguous)")
             )
-    hidden = _in(w2)
+    hidden = weight_in(w2)
     for name, w, size in (("wqkv", wqkv, (dim, 3 * dim)), ("wo", wo, (dim, dim)), ("w13", w13, (dim, 2 * hidden)),
                           ("w2", w2, (hidden, dim))):  # fmt: skip
-        if (_in(w), _out(w)) != size or w.dtype != x.dtype:
+        if (weight_in(w), weight_out(w)) != size or w.dtype != x.dtype:
             raise bad(
                 f"{name} must be (in, out) = {size} or its panels (out / 16, in, 16) in {x.dtype}, got "
                 f"{tuple(w.shape)} {w.dtype}"
@@ -123,7 +125,7 @@ def decode_logits(z: torch.Tensor, head: torch.Tensor, eps: float, cfg_scale: fl
     = uncond + s (cond - uncond), (R / 2, dim), then @ head (dim, V) or its panels."""
     if z.dim() != 2 or not z.is_floating_point():
         raise ValueError(f"decode_logits: z must be a floating (rows, dim) tensor, got {z.dtype} {tuple(z.shape)}")
-    if _in(head) != z.shape[1] or _out(head) < 1 or head.dtype != z.dtype:
+    if weight_in(head) != z.shape[1] or weight_out(head) < 1 or head.dtype != z.dtype:
         raise ValueError(
             f"decode_logits: head must be (dim, vocab) with dim = {z.shape[1]}, or its panels (vocab / 16, dim, 16), "
             f"in {z.dtype}, got {tuple(head.shape)} {head.dtype}"
