@@ -9,7 +9,9 @@ import magvit2._C_cuda  # noqa: F401  (fails loudly if it does not load or link)
 import torch
 
 from magvit2.ops import backends
-from magvit2.ops._library import CUDA_OPS, OPS, qualname
+from magvit2.ops._library import OPS, ops_with_kernels, qualname
+
+CUDA_OPS = ops_with_kernels("cuda")
 
 assert torch.version.cuda, f"torch {torch.__version__} has no CUDA"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), magvit2._C_cuda: {magvit2._C_cuda.__file__}")

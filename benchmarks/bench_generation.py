@@ -27,7 +27,8 @@ import torch
 from conftest import FULL, interleaved
 from official_generation import official_generate
 
-from magvit2.nn.transformer import ARConfig, ARTransformer
+from magvit2.nn.ar.generation import generate
+from magvit2.nn.ar.transformer import ARConfig, ARTransformer
 
 IMAGES = 8
 TOKENS = 256 if FULL else 16
@@ -54,7 +55,7 @@ def test_official_loop_matches_generate_when_greedy(model):
     m64.load_state_dict(model.state_dict())
     classes = torch.tensor([1, 500])
     greedy = dict(SETTINGS, top_k=(1, 1))
-    ours = m64.generate(classes, num_tokens=6, **greedy)
+    ours = generate(m64, classes, num_tokens=6, **greedy)
     pre, post = official_generate(m64, classes, num_tokens=6, **greedy)
     assert torch.equal(ours.pre, pre) and torch.equal(ours.post, post)
 
@@ -64,16 +65,16 @@ def test_generation_vs_official(model, ratio, threads):
     classes = torch.arange(IMAGES) * 7
     run = dict(num_tokens=TOKENS, **SETTINGS)
     fns = {
-        "ours": lambda: model.generate(classes, seed=1, **run),
+        "ours": lambda: generate(model, classes, seed=1, **run),
         "official": lambda: official_generate(model, classes, **run),
     }
     if FULL and threads == 1:  # inductor compiles the two step graphs in 30-120 s on this machine: full runs only
-        fns["ours compiled"] = lambda: model.generate(classes, seed=1, compile=True, **run)
+        fns["ours compiled"] = lambda: generate(model, classes, seed=1, compile=True, **run)
     default = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         if threads == 1:
-            out = model.generate(classes, seed=1, **run)
+            out = generate(model, classes, seed=1, **run)
             assert out.pre.shape == (IMAGES, TOKENS) and bool((out.post < 4096).all())
             times = interleaved(fns, rounds=3 if FULL else 1)
         else:  # one round, no warm-up: a step takes ~10x longer here (see THREADS)
@@ -96,7 +97,7 @@ def test_generate(benchmark, model):
     default = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = benchmark.pedantic(lambda: model.generate(classes, seed=1, num_tokens=TOKENS, **SETTINGS), rounds=1)
+        out = benchmark.pedantic(lambda: generate(model, classes, seed=1, num_tokens=TOKENS, **SETTINGS), rounds=1)
     finally:
         torch.set_num_threads(default)
     assert out.pre.shape == (IMAGES, TOKENS)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from bench_sampling import official_filter
 
-from magvit2.nn.transformer import ARTransformer, Block
+from magvit2.nn.ar.transformer import ARTransformer, Block
 
 
 def _round8(n: int) -> int:

@@ -39,7 +39,8 @@ def _naive_lfq_forward(self, z):
 
 def build(kind: str, preset: str):
     from magvit2.nn import LFQ
-    from magvit2.train import TokenizerModule, load_config
+    from magvit2.train.tokenizer.config import load_config
+    from magvit2.train.tokenizer.module import TokenizerModule
 
     if kind == "naive":
         LFQ.forward = _naive_lfq_forward

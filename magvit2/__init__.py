@@ -1,7 +1,8 @@
 """magvit2: Open-MAGVIT2 (LFQ image tokenizer, factorized auto-regressive generation) with fused kernels."""
 
 from magvit2 import nn, ops
-from magvit2.nn import LFQ, ARConfig, ARTransformer, Tokenizer, TokenizerConfig, load_checkpoint
+from magvit2.checkpoints import load_ar_checkpoint, load_checkpoint
+from magvit2.nn import LFQ, ARConfig, ARTransformer, Tokenizer, TokenizerConfig
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerConfig",
     "__version__",
+    "load_ar_checkpoint",
     "load_checkpoint",
     "nn",
     "ops",

@@ -1,3 +1,5 @@
+"""Shared test set-up: the Triton interpreter switch, a fixed seed per test."""
+
 import os
 import sys
 
@@ -38,8 +40,3 @@ def user_triton_interpret() -> str | None:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def tol(dtype: torch.dtype) -> dict:
-    """Tolerance of a float result computed from inputs of this dtype (the kernels accumulate in float32/64)."""
-    return {torch.float64: dict(rtol=1e-10, atol=1e-12)}.get(dtype, dict(rtol=1e-4, atol=1e-5))

@@ -5,9 +5,10 @@ import pickle
 import pytest
 import torch
 
-from magvit2.eval.fid import InceptionV3FID
-from magvit2.nn import LPIPS, load_ar_checkpoint, load_checkpoint
-from magvit2.train.run import AtomicCheckpointIO
+from magvit2.checkpoints import load_ar_checkpoint, load_checkpoint
+from magvit2.eval.inception import InceptionV3FID
+from magvit2.nn import LPIPS
+from magvit2.train.common.io import AtomicCheckpointIO
 
 
 class Payload:

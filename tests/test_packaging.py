@@ -66,7 +66,8 @@ def test_isolated_wheel_builds_extension_against_installed_torch(tmp_path):
 def test_pure_python_wheel(tmp_path):
     wheel, _ = _wheel(tmp_path, {"MAGVIT2_BUILD_EXT": "0"})
     names = zipfile.ZipFile(wheel).namelist()
-    assert "magvit2/ops/reference.py" in names
+    assert "magvit2/ops/reference/lfq.py" in names
+    assert "magvit2/train/configs/tokenizer/tiny.yaml" in names and "magvit2/train/configs/ar/ar-tiny.yaml" in names
     assert not any(n.endswith(".so") for n in names)
 
 

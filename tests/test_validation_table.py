@@ -7,8 +7,9 @@ import torch
 
 from magvit2 import ops
 from magvit2.nn import LFQ, ARTransformer, Tokenizer
-from magvit2.train import load_config
-from magvit2.train.ar import ARDataConfig, load_ar_config
+from magvit2.nn.ar import generate
+from magvit2.train.ar.config import ARDataConfig, load_ar_config
+from magvit2.train.tokenizer.config import load_config
 
 TOK = Tokenizer.from_preset("tiny")
 AR = ARTransformer.from_preset("tiny")
@@ -46,9 +47,9 @@ TABLE = [
     ("AR class ids", lambda: _ar(torch.zeros(1, 64, **LONG), torch.zeros(1, 64, **LONG), torch.tensor([11])), r"class ids must lie in \[0, 10\]"),
     ("AR token ids", lambda: _ar(torch.full((1, 64), 64), torch.zeros(1, 64, **LONG), torch.tensor([1])), r"pre ids must lie in \[0, 64\)"),
     ("AR length", lambda: _ar(torch.zeros(1, 65, **LONG), torch.zeros(1, 65, **LONG), torch.tensor([1])), r"pre has 65 tokens; expected 1..64"),
-    ("generate classes", lambda: AR.generate(torch.tensor([10])), r"generate: class ids must lie in \[0, 10\)"),
-    ("generate cfg", lambda: AR.generate(torch.tensor([1]), cfg=(1.0,)), r"generate: cfg must be int or float or a pair"),
-    ("generate top_p", lambda: AR.generate(torch.tensor([1]), top_p=(0.0, 1.0)), r"top_p must be in \(0, 1\]"),
+    ("generate classes", lambda: generate(AR, torch.tensor([10])), r"generate: class ids must lie in \[0, 10\)"),
+    ("generate cfg", lambda: generate(AR, torch.tensor([1]), cfg=(1.0,)), r"generate: cfg must be int or float or a pair"),
+    ("generate top_p", lambda: generate(AR, torch.tensor([1]), top_p=(0.0, 1.0)), r"top_p must be in \(0, 1\]"),
     # configs
     ("config key", lambda: load_config("tiny", ["model.dimm=3"]), r"model: unknown key\(s\) \['dimm'\]; valid keys: \["),
     ("config section", lambda: load_config("tiny", ["nosection.x=1"]), r"unknown section\(s\) \['nosection'\]; valid sections"),

@@ -1,4 +1,4 @@
-// The float32 exp of sample_tokens (bit-exact with magvit2/ops/sampling_reference.py) and of the decode attention's
+// The float32 exp of sample_tokens (bit-exact with magvit2/ops/reference/sampling.py) and of the decode attention's
 // softmax. Include it after `#pragma GCC optimize("fp-contract=off", "no-trapping-math")`: without contraction every
 // multiply and add rounds as the reference's tensor ops do, and no-trapping-math lets the selects become blends so
 // that the loop vectorises (7.6 instead of 1.6 ns/element here without it).

@@ -8,7 +8,7 @@
 // (81-90). Of the 4.3: guidance + maximum 0.9 (the greedy path), exp 1.6 and the sequential float64 sum 1.2 (each
 // timed alone).
 //
-// Bit-exact with magvit2/ops/sampling_reference.py: the same float32 guidance/temperature roundings, the same float32
+// Bit-exact with magvit2/ops/reference/sampling.py: the same float32 guidance/temperature roundings, the same float32
 // exp (range reduction + Horner polynomial + a power of two built from bits, no libm exp), the same sequential float64
 // sums in the same order, the same SplitMix64 stream.
 //

@@ -1,5 +1,5 @@
 // Exact LFQ entropy over the full 2^K codebook on CUDA, forward and hand-written backward (csrc/cpu/entropy.cpp is
-// the CPU twin; docs: shared exact-entropy note, magvit2/ops/reference.py).
+// the CPU twin; docs: shared exact-entropy note, magvit2/ops/reference/lfq.py).
 //
 // p(c | z) = prod_i q_i(c_i), q_i(1) = sigmoid(4 t z_i). Per chunk of tokens:
 //   build_kernel    one block per 8 tokens: the K sigmoids and binary entropies of each token (shared memory), the

@@ -1,7 +1,7 @@
 // sample_tokens on CUDA: guidance, temperature, top-k, top-p and a counter-based draw, one block per row, no full sort.
 //
-// Meant to give, token for token, what csrc/cpu/sampling.cpp and magvit2/ops/sampling_reference.py give, by running
-// the same arithmetic (tests/ops/test_cuda.py compares them on a GPU): every operation that decides a token is in
+// Meant to give, token for token, what csrc/cpu/sampling.cpp and magvit2/ops/reference/sampling.py give, by running
+// the same arithmetic (tests/gpu/test_cuda.py compares them on a GPU): every operation that decides a token is in
 // namespace `mirror` below (float32 guidance/temperature, float32 exp_det, SplitMix64 uniform) with round-to-nearest
 // intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z in index order, the top-p running
 // mass in visiting order, the draw's running sum in index order) is a sequential float64 sum in the reference's
@@ -36,7 +36,7 @@
 namespace magvit2 {
 namespace {
 
-// ---- mirrored arithmetic: keep in sync with csrc/cpu/sampling.cpp and magvit2/ops/sampling_reference.py ----------
+// ---- mirrored arithmetic: keep in sync with csrc/cpu/sampling.cpp and magvit2/ops/reference/sampling.py ----------
 namespace mirror {
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull, kMix1 = 0xBF58476D1CE4E5B9ull, kMix2 = 0x94D049BB133111EBull;

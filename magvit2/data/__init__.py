@@ -1,29 +1,23 @@
-"""Image files in, token shards out: the I/O behind `magvit2 reconstruct` and `magvit2 encode`.
+"""Data only, no model call: image files -> tensors (`images`, `datasets`), token shards and the packing of group
+indices (`tokens`). Models run over files in magvit2/pipelines."""
 
-Sits beside `nn` (it calls a Tokenizer) and below `cli`; AR training reads the token shards with `TokenShards`.
-"""
-
-from magvit2.data.images import (
-    ImageFiles,
-    ReconstructionResult,
-    list_images,
-    load_image,
-    psnr_uint8,
-    reconstruct_files,
-    to_uint8,
-)
-from magvit2.data.tokens import EncodeSummary, TokenShards, TokenShardWriter, encode_folder
+from magvit2.data.datasets import CenterCropFolder, ImageFiles, LabeledCropFolder, RandomCropFolder
+from magvit2.data.images import grid, list_images, load_image, to_uint8, uint8_levels, usable_images
+from magvit2.data.tokens import TokenShards, TokenShardWriter, pack_groups, unpack_groups
 
 __all__ = [
-    "EncodeSummary",
+    "CenterCropFolder",
     "ImageFiles",
-    "ReconstructionResult",
+    "LabeledCropFolder",
+    "RandomCropFolder",
     "TokenShardWriter",
     "TokenShards",
-    "encode_folder",
+    "grid",
     "list_images",
     "load_image",
-    "psnr_uint8",
-    "reconstruct_files",
+    "pack_groups",
     "to_uint8",
+    "uint8_levels",
+    "unpack_groups",
+    "usable_images",
 ]

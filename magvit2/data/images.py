@@ -1,18 +1,17 @@
-"""Image files <-> tensors in [-1, 1], the official preprocessing, PSNR, and side-by-side reconstructions.
+"""Image files <-> tensors in [-1, 1]: finding and opening files, the one rule for resize / crop / to-tensor, uint8
+conversion and picture grids.
 
-Preprocessing follows the official evaluation (reference/open-magvit2.md §3.5-3.6): resize the shorter side to
-`size` (PIL bilinear) and center-crop `size` x `size`; pixels scale as x / 127.5 - 1. PSNR is computed as the official
-script does: on uint8-quantised images rescaled to [0, 1], reconstructions clamped to [-1, 1] first.
+Preprocessing follows the official data pipeline (reference/open-magvit2.md §3.5-3.6): resize the shorter side to
+`size` (PIL bilinear), then crop `size` x `size` (center for evaluation, random for training); pixels scale as
+x / 127.5 - 1. Back to pixels: clamp to [-1, 1], then (x + 1) * 127.5 rounded.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -120,10 +119,25 @@ def folder_labels(paths: Sequence[str | os.PathLike]) -> tuple[list[str], torch.
     return names, torch.tensor([ids[f] for f in folders], dtype=torch.long)
 
 
-def _center_crop(img, width: int, height: int):
+def resize_shorter(img, size: int):
+    """A PIL image resized (bilinear) so that its shorter side is `size`; the longer side is truncated, as
+    torchvision's Resize(size) in the official data pipeline."""
+    from PIL import Image
+
+    w, h = img.width, img.height
+    new = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
+    return img.resize(new, Image.BILINEAR)
+
+
+def center_crop(img, width: int, height: int):
     left = int(round((img.width - width) / 2.0))
     top = int(round((img.height - height) / 2.0))
     return img.crop((left, top, left + width, top + height))
+
+
+def to_tensor(pixels) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels (an array or a PIL image) -> (3, H, W) float32 in [-1, 1]: pixel / 127.5 - 1."""
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of: int = 1) -> torch.Tensor:
@@ -132,8 +146,6 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of:
     size: resize the shorter side to `size` and center-crop size x size (must be a multiple of `multiple_of`);
     None keeps the native size, center-cropped down to multiples of `multiple_of`.
     """
-    from PIL import Image
-
     try:
         img = open_rgb(path)
     except UnreadableImage as e:
@@ -141,79 +153,35 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, multiple_of:
     if size is not None:
         if size < multiple_of or size % multiple_of:
             raise ValueError(f"size {size} must be a positive multiple of the downsampling factor {multiple_of}")
-        w, h = img.width, img.height  # torchvision Resize(size): shorter side -> size, longer side truncated
-        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-        img = _center_crop(img.resize(new, Image.BILINEAR), size, size)
+        img = center_crop(resize_shorter(img, size), size, size)
     else:
         w, h = img.width // multiple_of * multiple_of, img.height // multiple_of * multiple_of
         if w == 0 or h == 0:
             raise ValueError(f"image {path} ({img.width}x{img.height}) is smaller than the factor {multiple_of}")
-        img = _center_crop(img, w, h)
-    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+        img = center_crop(img, w, h)
+    return to_tensor(img)
+
+
+def uint8_levels(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (clamped first: reconstructions are not bounded) -> the same layout as uint8 levels 0..255,
+    rounded in float32 as the official evaluation's uint8 conversion; pixels read as p / 127.5 - 1 come back exactly."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] (clamped) -> (..., H, W, 3) uint8: one image or a batch."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+    return uint8_levels(x).movedim(-3, -1).cpu().numpy()
 
 
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images on the [0, 1] scale (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Map-style dataset of preprocessed images: item i = ((3, H, W) tensor, i). For DataLoader workers."""
-
-    def __init__(self, paths: Sequence[str | os.PathLike], *, size: int | None, multiple_of: int) -> None:
-        self.paths, self.size, self.multiple_of = [Path(p) for p in paths], size, multiple_of
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_or_next(self.paths, i, lambda p: load_image(p, size=self.size, multiple_of=self.multiple_of))
-
-
-class ReconstructionResult(NamedTuple):
-    source: str
-    output: str  # side-by-side PNG: original | reconstruction
-    height: int
-    width: int
-    grid: tuple[int, int]  # token grid (h, w)
-    psnr: float
-
-
-@torch.inference_mode()
-def reconstruct_files(
-    model,
-    paths: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    size: int | None = None,
-    device: str | torch.device = "cpu",
-) -> list[ReconstructionResult]:
-    """Encode and decode each image (one at a time: sizes may differ); write `<stem>.png` side by side."""
-    from PIL import Image
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    f = model.downsample_factor
-    results, used = [], set()
-    for path in paths:
-        x = load_image(path, size=size, multiple_of=f).to(device)
-        quantized, indices = model.encode(x[None])
-        rec = model.decode(quantized)[0]
-        original, restored = to_uint8(x), to_uint8(rec)
-        name = Path(path).stem
-        while name in used:  # same stem from different folders: keep every output
-            name += "_"
-        used.add(name)
-        target = out / f"{name}.png"
-        Image.fromarray(np.concatenate([original, restored], axis=1)).save(target)
-        grid = tuple((indices[0] if isinstance(indices, tuple) else indices).shape[-2:])
-        h, w = original.shape[:2]
-        results.append(ReconstructionResult(str(path), str(target), h, w, grid, psnr_uint8(original, restored)))
-    return results
+def grid(images: np.ndarray, per_row: int, *, pad: int = 0, pad_value: int = 64) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> one picture of rows of `per_row` images (a short last row is filled with `pad_value`),
+    each framed by `pad` pixels of `pad_value`."""
+    images = np.asarray(images)
+    if pad:
+        images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=pad_value)
+    n, h, w, c = images.shape
+    rows = -(-n // per_row)
+    if rows * per_row != n:
+        fill = np.full((rows * per_row - n, h, w, c), pad_value if pad else 0, dtype=images.dtype)
+        images = np.concatenate([images, fill])
+    return images.reshape(rows, per_row, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, per_row * w, c)

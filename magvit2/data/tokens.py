@@ -1,4 +1,5 @@
-"""Token shards for AR training: a folder of images -> `tokens.json` + `shard-00000.safetensors`, ...
+"""Token shards for AR training (`tokens.json` + `shard-00000.safetensors`, ...), and the one packing of factorized
+group indices into full code indices and back.
 
 Each shard holds one int32 tensor `indices` (n, h, w): the full LSB-first code index of every token (for a
 factorized tokenizer, pre + 2^bits[0] * post; `TokenShards.split` recovers the groups), and the source file names
@@ -12,26 +13,39 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-
-from magvit2.data.images import ImageFiles, list_images, usable_images
 
 INDEX_NAME = "tokens.json"
 FORMAT_NAME = "magvit2-tokens"
 FORMAT_VERSION = 1
 
 
-def join_groups(indices: torch.Tensor | tuple[torch.Tensor, ...], bits: Sequence[int] | None) -> torch.Tensor:
-    """Group indices (LSB-first groups of `bits`) -> the full code index."""
-    if not isinstance(indices, tuple):
+def pack_groups(indices: torch.Tensor | Sequence[torch.Tensor], bits: Sequence[int] | None) -> torch.Tensor:
+    """Group indices -> the full code index: a plain index tensor as it is; groups (g0, g1, ...) of `bits` = (b0, b1,
+    ...) as sum g_i << (b0 + ... + b_{i-1}), int64. The groups split the code bits LSB-first (group 0 holds bits
+    0..b0-1, group 1 the next b1 bits, ...), so this is exactly the index the unfactorized quantizer gives for the
+    same code (Open-MAGVIT2's AR split (6, 12): pre + 64 post)."""
+    if isinstance(indices, torch.Tensor):
         return indices
-    full, shift = torch.zeros_like(indices[0]), 0
-    for idx, b in zip(indices, bits, strict=True):
-        full += idx << shift
-        shift += b
+    groups = list(indices)
+    if bits is None or len(list(bits)) != len(groups):
+        raise ValueError(f"pack_groups: got {len(groups)} index groups but factorized_bits is {bits}")
+    full, shift = torch.zeros_like(groups[0], dtype=torch.int64), 0
+    for idx, b in zip(groups, bits, strict=True):
+        full += idx.long() << shift
+        shift += int(b)
     return full
+
+
+def unpack_groups(full: torch.Tensor, bits: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The full code index -> its LSB-first groups of `bits` (the inverse of `pack_groups`)."""
+    groups, shift = [], 0
+    for b in bits:
+        groups.append((full >> shift) & ((1 << int(b)) - 1))
+        shift += int(b)
+    return tuple(groups)
 
 
 class TokenShardWriter:
@@ -80,14 +94,6 @@ class TokenShardWriter:
         return path
 
 
-class EncodeSummary(NamedTuple):
-    index: str  # path of tokens.json
-    num_images: int
-    grid: tuple[int, int]
-    num_shards: int
-
-
-@torch.inference_mode()
 def shard_meta(model, *, preprocess: dict[str, Any], data: str, model_source: str | None) -> dict[str, Any]:
     """The index metadata of token shards encoded by `model` (a Tokenizer): format, bit order, codebook, token
     split, downsampling, preprocessing, data and model (the grid and image size are added once known)."""
@@ -105,69 +111,6 @@ def shard_meta(model, *, preprocess: dict[str, Any], data: str, model_source: st
         "model": model_source,
         "model_config": config.to_dict(),
     }
-
-
-def encode_folder(
-    model,
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    size: int | None = 256,
-    batch_size: int = 16,
-    shard_size: int = 4096,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    model_source: str | None = None,
-) -> EncodeSummary:
-    """Stream every image under `data` through `model.encode` into token shards under `out`.
-
-    size: resize the shorter side + center-crop (official preprocessing); None keeps native sizes, which must then
-    be equal across the folder (all tokens of a shard share one grid).
-    """
-    from tqdm.auto import tqdm
-
-    files = usable_images(list_images(data))
-    root = Path(data)
-    f = model.downsample_factor
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(files, size=size, multiple_of=f), batch_size=batch_size, num_workers=workers, shuffle=False
-    )
-    config = model.config
-    preprocess = {"resize": "shorter side, bilinear" if size else None, "crop": "center", "size": size}
-    meta = shard_meta(model, preprocess=preprocess, data=str(root), model_source=model_source)
-    writer: TokenShardWriter | None = None
-    image_size: tuple[int, int] | None = None
-    written: set[int] = set()
-    bar = tqdm(total=len(files), unit="img", desc="encode", disable=not progress)
-    try:
-        for x, ids in loader:
-            if image_size is None:
-                image_size = tuple(x.shape[-2:])
-                grid = (image_size[0] // f, image_size[1] // f)
-                meta.update(image_size=list(image_size), grid=list(grid))
-                writer = TokenShardWriter(out, shard_size=shard_size, meta=meta)
-            elif tuple(x.shape[-2:]) != image_size:
-                odd = files[ids[0].item()]
-                raise ValueError(
-                    f"{odd} gives a {x.shape[-2]}x{x.shape[-1]} image, others {image_size[0]}x{image_size[1]}: "
-                    "images differ in size; pass a size to resize and crop them"
-                )
-            # a file that fails to decode is replaced by the next one (load_or_next): write each source once
-            keep = [k for k, i in enumerate(ids.tolist()) if i not in written]
-            written.update(ids[keep].tolist())
-            _, indices = model.encode(x[keep].to(device))
-            sources = [files[i].relative_to(root).as_posix() for i in ids[keep].tolist()]
-            writer.add(join_groups(indices, config.factorized_bits), sources)
-            bar.update(len(ids))
-    except RuntimeError as e:
-        if "stack expects each tensor to be equal size" in str(e):
-            raise ValueError(f"images under {root} differ in size; pass a size to resize and crop them") from None
-        raise
-    finally:
-        bar.close()
-    index = writer.close()
-    return EncodeSummary(str(index), writer.count, tuple(meta["grid"]), len(writer.shards))
 
 
 class TokenShards(torch.utils.data.Dataset):
@@ -208,8 +151,4 @@ class TokenShards(torch.utils.data.Dataset):
     def split(self, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Full indices -> the factorized groups (e.g. (pre, post) for bits (6, 12))."""
         bits = self.meta.get("factorized_bits") or [self.meta["model_config"]["z_channels"]]
-        groups, shift = [], 0
-        for b in bits:
-            groups.append((indices >> shift) & ((1 << b) - 1))
-            shift += b
-        return tuple(groups)
+        return unpack_groups(indices, bits)

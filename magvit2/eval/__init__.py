@@ -1,9 +1,11 @@
-"""Tokenizer evaluation: PSNR / SSIM / LPIPS / rFID and codebook usage, computed as the official evaluation does."""
+"""Metrics that stand alone (no trainer): image PSNR / SSIM, codebook usage, the shared Inception network, FID, and
+a tokenizer's evaluation (PSNR / SSIM / LPIPS / rFID / utilization) as the official evaluation computes them."""
 
 from magvit2.eval.codebook import CodebookCounter, save_usage_histogram, usage_perplexity
-from magvit2.eval.fid import FID_WEIGHTS_NAME, FeatureStats, InceptionV3FID, frechet_distance
+from magvit2.eval.fid import FeatureStats, frechet_distance
 from magvit2.eval.image_metrics import psnr, quantize_uint8, ssim
-from magvit2.eval.tokenizer_eval import TokenizerMetrics, combined_indices, evaluate_tokenizer, write_report
+from magvit2.eval.inception import FID_WEIGHTS_NAME, InceptionV3FID
+from magvit2.eval.tokenizer_eval import TokenizerMetrics, evaluate_folder, evaluate_tokenizer, write_report
 
 __all__ = [
     "FID_WEIGHTS_NAME",
@@ -11,7 +13,7 @@ __all__ = [
     "FeatureStats",
     "InceptionV3FID",
     "TokenizerMetrics",
-    "combined_indices",
+    "evaluate_folder",
     "evaluate_tokenizer",
     "frechet_distance",
     "psnr",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from magvit2.data.images import uint8_levels
+
 # skimage.metrics.structural_similarity defaults (gaussian_weights=False)
 SSIM_WIN_SIZE = 7
 SSIM_K1 = 0.01
@@ -25,13 +27,12 @@ SSIM_K2 = 0.03
 def quantize_uint8(x: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> the same images on 256 uint8 levels, rescaled to [0, 1], in `dtype`.
 
-    Values outside [-1, 1] are clamped first (reconstructions are not bounded). The rounding is done in float32, as
-    `magvit2.data.images.to_uint8` does, so both give the same levels; pixels read as p / 127.5 - 1 come back exactly.
+    Values outside [-1, 1] are clamped first (reconstructions are not bounded); the levels are those of
+    `magvit2.data.images.uint8_levels`, so pixels read as p / 127.5 - 1 come back exactly.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"quantize_uint8: expected a float tensor in [-1, 1], got {getattr(x, 'dtype', type(x))}")
-    levels = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()  # 0..255
-    return levels.to(dtype) / 255
+    return uint8_levels(x).to(dtype) / 255
 
 
 def _check_pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from magvit2.data.tokens import pack_groups
 from magvit2.eval.codebook import CodebookCounter, save_usage_histogram
 from magvit2.eval.fid import FeatureStats, frechet_distance
 from magvit2.eval.image_metrics import psnr, quantize_uint8, ssim
@@ -63,27 +64,6 @@ def _images_of(batch, device: torch.device) -> torch.Tensor:
             f"tuple, got {desc}"
         )
     return images.to(device)
-
-
-def combined_indices(indices, factorized_bits: Iterable[int] | None) -> torch.Tensor:
-    """One index per token: a plain (B, h, w) tensor as is; factorized groups (pre, post, ...) as sum g_i << o_i.
-
-    The groups split the code bits LSB-first (group 0 holds bits 0..b0-1, group 1 the next b1 bits, ...), so this
-    sum is exactly the index the unfactorized quantizer gives for the same code.
-    """
-    if isinstance(indices, torch.Tensor):
-        return indices
-    groups = list(indices)
-    bits = None if factorized_bits is None else [int(b) for b in factorized_bits]
-    if bits is None or len(bits) != len(groups):
-        raise ValueError(
-            f"evaluate_tokenizer: got {len(groups)} index groups but the model's factorized_bits is {factorized_bits}"
-        )
-    out, offset = torch.zeros_like(groups[0], dtype=torch.int64), 0
-    for g, b in zip(groups, bits, strict=True):
-        out += g.long() << offset
-        offset += b
-    return out
 
 
 def _lpips_per_image(lpips: LpipsFn, x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
@@ -145,7 +125,7 @@ def evaluate_tokenizer(
             x = _images_of(batch, device)
             quantized, indices = model.encode(x)
             rec = model.decode(quantized).clamp(-1, 1)
-            counter.update(combined_indices(indices, factorized_bits))
+            counter.update(pack_groups(indices, factorized_bits))
 
             qx, qr = quantize_uint8(x), quantize_uint8(rec)
             psnr_sum += float(psnr(qx, qr).sum())
@@ -202,3 +182,37 @@ def write_report(metrics: TokenizerMetrics, counts: torch.Tensor, out_dir: str |
         f.write("\n")
     save_usage_histogram(counts, paths["codebook_usage"])
     return paths
+
+
+def evaluate_folder(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    *,
+    size: int | None = 256,
+    batch_size: int = 8,
+    limit: int | None = None,
+    inception: str | os.PathLike | None = None,
+    lpips_backbone: str | os.PathLike | None = None,
+    lpips_heads: str | os.PathLike = "auto",
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> TokenizerMetrics:
+    """`evaluate_tokenizer` over the images under `folder` (the first `limit`, official preprocessing at `size`);
+    rFID with the pytorch-fid Inception weights file `inception`, LPIPS with a VGG16 weights file `lpips_backbone`."""
+    from torch.utils.data import DataLoader
+
+    from magvit2.data.datasets import ImageFiles
+    from magvit2.data.images import list_images
+    from magvit2.eval.inception import InceptionV3FID
+
+    files = list_images(folder)[:limit]
+    dataset = ImageFiles(files, size=size, multiple_of=model.downsample_factor)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    net = InceptionV3FID.from_file(inception).to(device).eval() if inception else None
+    lpips = None
+    if lpips_backbone:
+        from magvit2.nn.lpips import LPIPS
+
+        lpips = LPIPS(backbone=lpips_backbone, heads=lpips_heads).to(device).eval()
+    return evaluate_tokenizer(model, loader, inception=net, lpips=lpips, device=device, progress=progress)

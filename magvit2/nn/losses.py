@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magvit2.nn.discriminator import PatchDiscriminator
 from magvit2.nn.quantizer import LFQ, LFQOutput
 
 
@@ -123,13 +122,17 @@ class LossTerms(NamedTuple):
 
 
 class TokenizerLoss(nn.Module):
-    """Generator and discriminator objectives. Attribute names give the official keys `discriminator.main.*` and
-    `perceptual_loss.*` (under `loss.` in a training checkpoint)."""
+    """Generator and discriminator objectives around a given discriminator (images -> (B, 1, h, w) logits: the image
+    tokenizer's `PatchDiscriminator(ndf=config.disc_ndf, n_layers=config.disc_layers)`, or a video one). Attribute
+    names give the official keys `discriminator.main.*` and `perceptual_loss.*` (under `loss.` in a training
+    checkpoint)."""
 
-    def __init__(self, config: LossConfig | None = None) -> None:
+    def __init__(self, config: LossConfig | None = None, *, discriminator: nn.Module) -> None:
         super().__init__()
         self.config = c = config or LossConfig()
-        self.discriminator = PatchDiscriminator(ndf=c.disc_ndf, n_layers=c.disc_layers)
+        if not isinstance(discriminator, nn.Module):
+            raise TypeError(f"TokenizerLoss: discriminator must be an nn.Module, got {type(discriminator).__name__}")
+        self.discriminator = discriminator
         self.lecam = LeCAM(decay=c.lecam_decay)
         self.perceptual_loss = None
         if c.perceptual_weight > 0:

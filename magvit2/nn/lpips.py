@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from magvit2.nn.checkpoint import safe_torch_load
-from magvit2.nn.weights_io import check_state_dict
+from magvit2.nn.weights import check_state_dict, safe_torch_load
 
 # torchvision vgg16().features: conv indices and the LPIPS slice boundaries (relu1_2, relu2_2, relu3_3, relu4_3,
 # relu5_3). Every conv is 3x3 padding 1 followed by an in-place ReLU; max-pools sit at 4, 9, 16, 23.

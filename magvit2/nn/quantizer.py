@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from magvit2 import ops
+from magvit2.nn.checks import check_values
 
 Indices = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -213,7 +214,7 @@ def _index_bits(idx: torch.Tensor, nbits: int, shape: torch.Size) -> torch.Tenso
         raise ValueError(f"LFQ.indices_to_codes: index groups differ in shape: {tuple(idx.shape)} vs {tuple(shape)}")
     if idx.dim() < 2:
         raise ValueError(f"LFQ.indices_to_codes: indices must be (B, N) or (B, H, W), got {tuple(idx.shape)}")
-    if idx.numel() and not idx.is_meta and not torch.compiler.is_compiling():
+    if check_values(idx):  # on CPU, or with the debug switch (a host sync on a GPU)
         lo, hi = idx.min().item(), idx.max().item()
         if lo < 0 or hi >= 2**nbits:
             raise ValueError(f"LFQ.indices_to_codes: indices must lie in [0, {2**nbits}), got values in [{lo}, {hi}]")

@@ -1,4 +1,4 @@
-"""The kernel layer: public functional ops in the `magvit2::` namespace, backends chosen at import by device type.
+"""The kernel layer: public functional ops in the `magvit2::` namespace, backends chosen at import per op and device.
 
 lfq_quantize(z, factorized_bits=None) -> (codes, indices)
 lfq_entropy(z, inv_temperature=100.0, eps=0.0, group=None) -> (per_sample_entropy, codebook_entropy)
@@ -10,8 +10,8 @@ decode_logits(z, head, eps, cfg_scale=None) -> logits of a generation step (norm
 decode_panels(w) -> a (in, out) weight as the 16-column panels the CPU decode kernels stream
 """
 
-from magvit2.ops import _library, backends, reference  # noqa: F401  (schemas first, then the reference kernels)
-from magvit2.ops.decode import decode_block, decode_logits, decode_panels
+from magvit2.ops import _library, backends, reference  # noqa: F401  (schemas, fakes, autograd and the reference first)
+from magvit2.ops.ar_decode import decode_block, decode_logits, decode_panels
 from magvit2.ops.lfq import (
     LFQCodes,
     LFQEntropy,

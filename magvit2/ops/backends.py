@@ -1,22 +1,27 @@
-"""Backend registry: which implementation serves each op on each device type, chosen once at import.
+"""Backend registry: which implementation serves each op on each device type, chosen once at import, op by op.
 
-Order per device type (first that loads wins):
+Order per device type (first that loads and has a kernel for the op wins):
     cpu:    cpu_ext -> reference
     cuda:   cuda_ext -> triton -> reference
     others: reference            (npu, mps, xpu, ...)
 
-A backend loads only where it can run: cpu_ext when magvit2._C has CPU kernels; cuda_ext when magvit2._C_cuda
-(built by setup.py with a CUDA torch and toolkit, see README) imports and has CUDA kernels; triton when triton
-imports, a CUDA device exists and triton can drive it (`torch.utils._triton.has_triton()`), or TRITON_INTERPRET=1 is
-set (the interpreter: slow, for debugging kernels on a CUDA machine). Without a CUDA device Triton never serves
-automatically: CPU tensors have the C++ kernels, and the tests call the interpreted kernels directly
-(magvit2/ops/triton). Each backend declares what it covers; inputs outside that (e.g. float64 entropy under triton)
-go to the reference inside the same kernel registration.
+A backend loads only where it can run: cpu_ext when magvit2._C imports; cuda_ext when magvit2._C_cuda (built by
+setup.py with a CUDA torch and toolkit, see README) imports; triton when triton imports, a CUDA device exists and
+triton can drive it (`torch.utils._triton.has_triton()`), or TRITON_INTERPRET=1 is set (the interpreter: slow, for
+debugging kernels on a CUDA machine). Without a CUDA device Triton never serves automatically: CPU tensors have the
+C++ kernels, and the tests call the interpreted kernels directly (magvit2/ops/triton).
+
+Coverage is per op: a backend is asked only for the ops that declare a kernel for its device type
+(magvit2/ops/_library.py), and serves those it has a kernel for; the next backend in the order takes the rest. So a
+CUDA-only op leaves every CPU op on cpu_ext, and a stale build that lacks one op loses only that op (with a warning).
+Inside one op a backend may serve only some inputs (e.g. float64 entropy under triton goes to the reference inside
+the same kernel registration); `coverage` says which.
 
 `MAGVIT2_BACKEND` forces a choice: a bare name (`reference`, `cpu_ext`, `triton`) applies to every device type whose
 table lists it; `cpu:reference,cuda:triton` names one per device type. An automatic pick that ends on the reference
-although the device is present warns once; a forced pick that cannot load raises with the reason. A device type
-with no device present takes the reference silently (the reasons stay in the table). `magvit2 info` prints it.
+for an op with a kernel for a present device warns once; a forced pick that cannot load raises with the reason. A
+device type with no device present takes the reference silently (the reasons stay in the table). `magvit2 info`
+prints it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from magvit2.ops._library import CUDA_OPS, OPS, qualname
+from magvit2.ops._library import OPS, qualname
 
 ENV = "MAGVIT2_BACKEND"
 ORDER: dict[str, tuple[str, ...]] = {
@@ -40,6 +45,7 @@ ORDER: dict[str, tuple[str, ...]] = {
 DEVICE_TYPES = ("cpu", "cuda", "npu")
 DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 EVERY_INPUT = "every input"
+NONE = "none"  # an op with neither a kernel for the device type nor a reference
 
 
 class Unsupported(ImportError):
@@ -77,15 +83,13 @@ def parse_env(value: str | None) -> dict[str, str]:
     return forced
 
 
+def _has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key)
+
+
 def _load_cpu_ext() -> str:
     importlib.import_module("magvit2._C")
-    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CPU")]
-    if missing:
-        raise ImportError(f"magvit2._C has no CPU kernel for {missing} (stale build? reinstall the package)")
     return f"compiled extension magvit2._C ({torch.get_num_threads()} threads)"
-
-
-_TRITON_CUDA = False  # set once the Triton kernels are the CUDA kernels (they are then no evidence of cuda_ext)
 
 
 def _require_cuda() -> None:
@@ -100,14 +104,14 @@ def _load_cuda_ext() -> str:
         importlib.import_module("magvit2._C_cuda")
     except ImportError as exc:
         raise ImportError(f"magvit2._C_cuda is not built ({exc}); see README, CUDA kernels") from exc
-    missing = [op for op in CUDA_OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), "CUDA")]
-    if missing or _TRITON_CUDA:
-        raise ImportError(f"magvit2._C_cuda has no CUDA kernel for {missing} (stale build? reinstall the package)")
     return f"compiled extension magvit2._C_cuda (CUDA {torch.version.cuda})"
 
 
+def _triton_kernels():
+    return importlib.import_module("magvit2.ops.triton")
+
+
 def _load_triton() -> str:
-    global _TRITON_CUDA
     _require_cuda()
     try:
         import triton  # noqa: F401  (the package, not magvit2.ops.triton)
@@ -118,83 +122,156 @@ def _load_triton() -> str:
 
     if not knobs.runtime.interpret and not has_triton():
         raise RuntimeError("triton cannot compile for this GPU (torch.utils._triton.has_triton() is False)")
-    kernels = importlib.import_module("magvit2.ops.triton")
-    kernels.register_cuda()
-    _TRITON_CUDA = True
+    kernels = _triton_kernels()
     mode = ", interpreted (TRITON_INTERPRET=1)" if kernels.INTERPRET else ""
     return f"Triton {kernels.VERSION} kernels (magvit2/ops/triton){mode}"
 
 
+def _extension_kernels(key: str) -> Callable[[list[str]], list[str]]:
+    """The ops of `wanted` that a compiled extension registered for dispatch key `key` (registration happens at its
+    import; kernels the Triton backend registered for CUDA are no evidence of cuda_ext)."""
+
+    def registered(wanted: list[str]) -> list[str]:
+        by_triton = _triton_kernels().registered() if key == "CUDA" and _triton_imported() else set()
+        return [op for op in wanted if _has_kernel(op, key) and op not in by_triton]
+
+    return registered
+
+
+def _triton_imported() -> bool:
+    import sys
+
+    return "magvit2.ops.triton" in sys.modules
+
+
+def _register_triton(wanted: list[str]) -> list[str]:
+    return _triton_kernels().register_cuda(wanted)
+
+
+def _reference_kernels(wanted: list[str]) -> list[str]:
+    return [op for op in wanted if _has_kernel(op, "CompositeExplicitAutograd")]
+
+
 def _triton_coverage(op: str) -> str:
-    kernels = importlib.import_module("magvit2.ops.triton")
+    kernels = _triton_kernels()
     return kernels.COVERAGE[op].text if op in kernels.COVERAGE else "nothing"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """`load()` registers the kernels and returns why this backend serves (raises with why it cannot);
-    `coverage(op)` says which inputs of `op` it runs itself (the rest goes to the reference)."""
+    """`load()` makes the backend ready and returns why it serves (raises with why it cannot); `register(ops)` gives
+    its kernels to those of `ops` it has one for and returns them; `coverage(op)` says which inputs of `op` it runs
+    itself (the rest goes to the reference)."""
 
     load: Callable[[], str]
+    register: Callable[[list[str]], list[str]]
     coverage: Callable[[str], str]
 
 
 BACKENDS: dict[str, Backend] = {
-    "cpu_ext": Backend(_load_cpu_ext, lambda op: EVERY_INPUT),
-    "cuda_ext": Backend(_load_cuda_ext, lambda op: EVERY_INPUT),
-    "triton": Backend(_load_triton, _triton_coverage),
-    "reference": Backend(lambda: "plain-torch reference (magvit2/ops/reference.py)", lambda op: EVERY_INPUT),
+    "cpu_ext": Backend(_load_cpu_ext, _extension_kernels("CPU"), lambda op: EVERY_INPUT),
+    "cuda_ext": Backend(_load_cuda_ext, _extension_kernels("CUDA"), lambda op: EVERY_INPUT),
+    "triton": Backend(_load_triton, _register_triton, _triton_coverage),
+    "reference": Backend(
+        lambda: "plain-torch reference (magvit2/ops/reference)", _reference_kernels, lambda op: EVERY_INPUT
+    ),
 }
 
 
-def select(env_value: str | None = None) -> dict[str, Choice]:
-    """Load backends and return the choice per device type. Registration is global, so this runs once."""
+@dataclass(frozen=True)
+class DeviceTable:
+    choice: Choice  # the first backend that serves an op here, and why
+    ops: dict[str, str]  # op -> the backend serving it ("none": no kernel and no reference)
+    missing: dict[str, str]  # op -> why its backend of choice lacks it (a stale build), for ops declared for here
+
+
+def _select_device(device: str, forced: str | None) -> DeviceTable:
+    candidates = (forced,) if forced is not None else _order(device)
+    if forced is not None and forced != "reference":
+        candidates = (forced, "reference")  # ops the forced backend has no kernel for (e.g. decode_ on cuda)
+    pending = list(OPS)
+    served: dict[str, str] = {}
+    skipped: list[str] = []
+    choice: Choice | None = None
+    missing: dict[str, str] = {}
+    for candidate in candidates:
+        wanted = [op for op in pending if candidate == "reference" or device in OPS[op].kernels]
+        if not wanted:
+            continue
+        try:
+            reason = BACKENDS[candidate].load()
+        except Exception as exc:
+            if candidate == forced:
+                raise RuntimeError(f"{ENV} asks for {forced!r} on {device}, which cannot run: {exc}") from exc
+            skipped.append(f"{candidate} unavailable: {exc}")
+            continue
+        got = BACKENDS[candidate].register(wanted)
+        if candidate == forced and not got and forced != "reference":
+            raise RuntimeError(f"{ENV} asks for {forced!r} on {device}, which has no kernel for {wanted}")
+        lacking = [op for op in wanted if op not in got and candidate != "reference"]
+        for op in lacking:
+            missing.setdefault(op, f"{candidate} has no {device} kernel for {op} (stale build? reinstall the package)")
+        for op in got:
+            served[op] = candidate
+        if got and choice is None:
+            prefix = f"forced by {ENV}; " if candidate == forced else ""
+            choice = Choice(candidate, prefix + reason + "".join(f"; {s}" for s in skipped))
+        pending = [op for op in pending if op not in got]
+        if not pending:
+            break
+    for op in pending:
+        served[op] = NONE
+    if choice is None:
+        choice = Choice("reference", "plain-torch reference" + "".join(f"; {s}" for s in skipped))
+    return DeviceTable(choice, served, missing)
+
+
+def select(env_value: str | None = None) -> dict[str, DeviceTable]:
+    """Load backends and return the table per device type. Registration is global, so this runs once."""
     forced = parse_env(env_value)
-    table: dict[str, Choice] = {}
+    tables: dict[str, DeviceTable] = {}
     fallbacks: list[str] = []
     for device in DEVICE_TYPES:
         name = forced.get(device) or (forced.get("*") if forced.get("*") in _order(device) else None)
-        if name is not None:
-            try:
-                table[device] = Choice(name, f"forced by {ENV}; " + BACKENDS[name].load())
-            except Exception as exc:
-                raise RuntimeError(f"{ENV} asks for {name!r} on {device}, which cannot run: {exc}") from exc
+        tables[device] = t = _select_device(device, name)
+        if name is not None or not device_available(device):
             continue
-        skipped = []
-        for candidate in _order(device):
-            try:
-                table[device] = Choice(candidate, BACKENDS[candidate].load() + "".join(f"; {s}" for s in skipped))
-                break
-            except Exception as exc:
-                skipped.append(f"{candidate} unavailable: {exc}")
-        if skipped and table[device].backend == "reference" and device_available(device):
-            fallbacks.append(f"{device}: {'; '.join(skipped)}")
+        lost = [op for op, backend in t.ops.items() if backend in ("reference", NONE) and device in OPS[op].kernels]
+        if lost:
+            reasons = sorted({t.missing[op] for op in lost if op in t.missing})
+            if t.choice.backend == "reference":
+                reasons = [r for r in t.choice.reason.split("; ")[1:]] + reasons
+            fallbacks.append(f"{device}: {'; '.join(reasons)}")
     if fallbacks:
         warnings.warn(
             "magvit2: falling back to the plain-torch reference (" + " | ".join(fallbacks) + ")",
             RuntimeWarning,
             stacklevel=3,
         )
-    return table
+    return tables
 
 
-_TABLE: dict[str, Choice] = {}
+_TABLES: dict[str, DeviceTable] = {}
 
 
 def init() -> None:
-    _TABLE.update(select(os.environ.get(ENV)))
+    _TABLES.update(select(os.environ.get(ENV)))
 
 
 def table() -> dict[str, Choice]:
-    return dict(_TABLE)
+    """Per device type: the backend that serves its ops (the first of the order that serves any), and why."""
+    return {device: t.choice for device, t in _TABLES.items()}
+
+
+def op_table() -> dict[str, dict[str, str]]:
+    """Per device type: op -> the backend serving it."""
+    return {device: dict(t.ops) for device, t in _TABLES.items()}
 
 
 def serving(op: str, device_type: str) -> str:
-    """Name of the backend that serves `op` on `device_type`, read back from the dispatcher."""
-    key = DISPATCH_KEY.get(device_type)
-    if key and torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key):
-        return _TABLE.get(device_type, Choice("reference", "")).backend
-    return "reference"
+    """Name of the backend that serves `op` on `device_type` ("reference" for a device type not in the table)."""
+    t = _TABLES.get(device_type)
+    return t.ops.get(op, "reference") if t is not None else "reference"
 
 
 def device_available(device_type: str) -> bool:
@@ -214,12 +291,21 @@ def info_lines() -> list[str]:
     ]
     for op in OPS:
         for device in DEVICE_TYPES:
-            choice = _TABLE.get(device, Choice("reference", ""))
+            t = _TABLES.get(device)
+            choice = t.choice if t is not None else Choice("reference", "")
             name = serving(op, device)
-            why = choice.reason if name == choice.backend else "no device kernel registered; reference serves"
-            coverage = BACKENDS[name].coverage(op)
-            if coverage != EVERY_INPUT:
-                why += f"; serves {coverage}, the reference the rest"
+            if name == NONE:
+                why = f"no {device} kernel and no reference"
+            elif name == choice.backend:
+                why = choice.reason
+            elif t is not None and op in t.missing:
+                why = t.missing[op] + "; reference serves"
+            else:
+                why = "no device kernel registered; reference serves"
+            if name != NONE:
+                coverage = BACKENDS[name].coverage(op)
+                if coverage != EVERY_INPUT:
+                    why += f"; serves {coverage}, the reference the rest"
             avail = "yes" if device_available(device) else "no"
             lines.append(f"{op:<22}{device:<8}{avail:<11}{name:<11}{why}")
     return lines

@@ -1,4 +1,5 @@
-"""Public LFQ ops: bit quantization and the exact full-codebook entropy, with fake and autograd registrations."""
+"""Typed wrappers of the LFQ ops: bit quantization and the exact full-codebook entropy (schemas, fakes and autograd:
+magvit2/ops/_library.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from magvit2.ops._library import qualname
-from magvit2.ops.reference import codebook_entropy, opmath_dtype, split_bits
+from magvit2.ops.reference import codebook_entropy
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_INDEX_BITS = 62  # one int64 index, sign bit and one spare bit left alone
@@ -133,75 +133,3 @@ def _all_reduce_average(avg: torch.Tensor, n: int, group) -> torch.Tensor:
     # The functional all_reduce carries gradients back to every rank (a plain all_reduce would drop them).
     summed = dist_fn.all_reduce(avg * n, group=group)
     return summed / total.clamp_min(1.0)
-
-
-# --- fake kernels (torch.compile / meta tracing) -------------------------------------------------------------------
-
-
-# Named so that other registrations of the same schema (magvit2/ops/triton) reuse them.
-@torch.library.register_fake(qualname("lfq_quantize"))
-def fake_lfq_quantize(z, group_bits):
-    return z.new_empty(z.shape), z.new_empty((len(group_bits), z.shape[0]), dtype=torch.int64)
-
-
-@torch.library.register_fake(qualname("lfq_entropy"))
-def fake_lfq_entropy(z, inv_temperature, eps):
-    n, k = z.shape
-    ka, kb = split_bits(k)
-    dtype = opmath_dtype(z.dtype)
-    return z.new_empty((), dtype=dtype), z.new_empty((), dtype=dtype), z.new_empty((2**ka, 2**kb), dtype=dtype)
-
-
-@torch.library.register_fake(qualname("lfq_entropy_backward"))
-def fake_lfq_entropy_backward(grad_per_sample, grad_codebook, grad_avg, z, avg, inv_temperature, eps):
-    return z.new_empty(z.shape)
-
-
-# --- autograd --------------------------------------------------------------------------------------------------------
-
-
-def quantize_setup(ctx, inputs, output):
-    pass
-
-
-def quantize_backward(ctx, grad_codes, grad_indices):
-    # The derivative of sign() is 0 almost everywhere: no gradient flows (use a straight-through estimator).
-    return None, None
-
-
-torch.library.register_autograd(qualname("lfq_quantize"), quantize_backward, setup_context=quantize_setup)
-
-
-def entropy_setup(ctx, inputs, output):
-    z, inv_temperature, eps = inputs
-    _, _, avg = output
-    ctx.save_for_backward(z, avg)
-    ctx.inv_temperature, ctx.eps = inv_temperature, eps
-
-
-def entropy_backward_through(backward_op):
-    """The autograd backward of an lfq_entropy op whose gradient is `backward_op` (same schema as
-    magvit2::lfq_entropy_backward)."""
-
-    def backward(ctx, grad_per_sample, grad_codebook, grad_avg):
-        z, avg = ctx.saved_tensors
-        zero = avg.new_zeros(())
-        grad_z = backward_op(
-            zero if grad_per_sample is None else grad_per_sample,
-            zero if grad_codebook is None else grad_codebook,
-            grad_avg,
-            z,
-            avg,
-            ctx.inv_temperature,
-            ctx.eps,
-        )
-        return grad_z, None, None
-
-    return backward
-
-
-torch.library.register_autograd(
-    qualname("lfq_entropy"),
-    entropy_backward_through(torch.ops.magvit2.lfq_entropy_backward.default),
-    setup_context=entropy_setup,
-)

@@ -4,7 +4,7 @@ The official sampler runs, per sub-token, a cond/uncond combine, a temperature d
 a softmax and torch.multinomial (whose stream depends on the device and on everything drawn before). This op does it
 in one pass per row without a full sort, and draws from a counter-based stream: the same (logits, settings, seed,
 offset) give the same tokens on every backend and in any batch split, so tests compare backends exactly and a
-generation is reproducible from its seed. Semantics: magvit2/ops/sampling_reference.py.
+generation is reproducible from its seed. Semantics: magvit2/ops/reference/sampling.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from magvit2.ops._library import qualname
 
 
 def sample_tokens(
@@ -62,8 +60,3 @@ def sample_tokens(
     return torch.ops.magvit2.sample_tokens(
         logits, uncond, float(cfg_scale), float(temperature), int(top_k), float(top_p), int(seed), int(offset)
     )
-
-
-@torch.library.register_fake(qualname("sample_tokens"))
-def fake_sample_tokens(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset):
-    return logits.new_empty((logits.shape[0],), dtype=torch.int64)

@@ -1,10 +1,4 @@
-"""Trainers on Lightning (tokenizer: GAN + perceptual + LFQ losses, EMA, DDP), their data and configs.
-
-Nothing in `nn`, `ops` or `eval` imports this package; it needs the `train` extra (lightning, pyyaml).
+"""Trainers on Lightning: `common/` (the Trainer builder, checkpoint IO, resume, config reading, EMA, non-finite
+guard, NPU accelerator) and one folder per trainer (`tokenizer/`, `ar/`), each with config, data, module and fit;
+presets in `configs/<kind>/`. Needs the `train` extra (lightning, pyyaml); nothing in nn, ops or eval imports it.
 """
-
-from magvit2.train.config import TrainConfig, config_from_dict, load_config, preset_names
-from magvit2.train.ema import EMA
-from magvit2.train.module import TokenizerModule
-
-__all__ = ["EMA", "TokenizerModule", "TrainConfig", "config_from_dict", "load_config", "preset_names"]

@@ -1,5 +1,5 @@
 // C++ checks of the CPU kernels without Python: bit conventions of lfq_quantize, the exact entropy against a
-// brute-force softmax over all 2^K codes (float64), and the float32 decode block against its float64 path. Built by CMakeLists.txt; tests/test_cmake.py runs it.
+// brute-force softmax over all 2^K codes (float64), and the float32 decode block against its float64 path. Built by CMakeLists.txt; tests/test_packaging.py runs it.
 #include <ATen/ATen.h>
 
 #include <cmath>

@@ -6,20 +6,16 @@ import pytest
 import torch
 
 from magvit2 import ops
+from magvit2.nn.ar import generate
 from magvit2.ops import backends
+from magvit2.ops._library import ops_with_kernels
+from tests.tolerance import TOL
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-# Float results differ from the CPU kernel's by summation order (float32/64) and the final rounding (16-bit grads).
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=1e-4, atol=1e-5),
-    torch.float16: dict(rtol=2e-3, atol=1e-4),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3),
-}
 
 
 def test_cuda_kernels_serve_every_op():
-    for op in backends.CUDA_OPS:
+    for op in ops_with_kernels("cuda"):
         assert backends.serving(op, "cuda") == "cuda_ext"
 
 
@@ -156,6 +152,22 @@ def test_decode_ops_run_the_reference_on_cuda_and_generate_matches_cpu():
     for h in model.head:  # zero-initialised heads would make every greedy token 0
         torch.nn.init.normal_(h.weight, 0.0, 0.2)
     settings = dict(cfg=(1.9, 2.0), top_k=(1, 1), num_tokens=8)
-    on_cpu = model.generate(torch.tensor([1, 4]), **settings)
-    on_gpu = model.cuda().generate(torch.tensor([1, 4]).cuda(), **settings)
+    on_cpu = generate(model, torch.tensor([1, 4]), **settings)
+    on_gpu = generate(model.cuda(), torch.tensor([1, 4]).cuda(), **settings)
     assert torch.equal(on_gpu.pre.cpu(), on_cpu.pre) and torch.equal(on_gpu.post.cpu(), on_cpu.post)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_triton_kernels_launch_on_the_inputs_gpu():
+    """Triton launches on the current device: the registered kernels switch to the inputs' GPU first."""
+    import magvit2.ops.triton as kernels
+    from magvit2.ops import reference
+
+    z = torch.randn(1000, 18, device="cuda:1")
+    assert torch.cuda.current_device() == 0
+    codes, indices = kernels.lfq_quantize_op(z, [6, 12])
+    want_codes, want_indices = reference.lfq_quantize(z.cpu(), [6, 12])
+    assert codes.device == z.device and torch.equal(indices.cpu(), want_indices)
+    assert torch.equal(codes.cpu(), want_codes)
+    tokens = kernels.sample_tokens_op(torch.randn(4, 64, device="cuda:1"), None, 1.0, 1.0, 1, 1.0, 0, 0)
+    assert tokens.device == z.device

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from magvit2.nn import LFQ
-from magvit2.nn.discriminator import PatchDiscriminator
+from magvit2.nn.image.discriminator import PatchDiscriminator
 from magvit2.nn.losses import (
     LeCAM,
     LossConfig,
@@ -18,6 +18,11 @@ from magvit2.nn.losses import (
     vanilla_d_loss,
 )
 from magvit2.nn.lpips import LPIPS, SLICES, VGG16_CONVS, find_lpips_heads
+
+
+def _loss(config: LossConfig) -> TokenizerLoss:
+    """The loss around the image tokenizer's discriminator, as the tokenizer trainer builds it."""
+    return TokenizerLoss(config, discriminator=PatchDiscriminator(ndf=config.disc_ndf, n_layers=config.disc_layers))
 
 
 def test_hinge_d_loss_hand_computed():
@@ -181,7 +186,7 @@ def _lfq_output(seed=0):
 def test_generator_loss_sums_the_official_terms():
     q, lfq = _lfq_output()
     torch.manual_seed(3)
-    loss = TokenizerLoss(LossConfig(perceptual_weight=0.0, gen_loss_weight=0.1, disc_ndf=8, disc_layers=2))
+    loss = _loss(LossConfig(perceptual_weight=0.0, gen_loss_weight=0.1, disc_ndf=8, disc_layers=2))
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     rec = x + 0.1 * torch.randn_like(x)
     out = loss.generator_loss(x, rec, lfq, q, step=0)
@@ -198,7 +203,7 @@ def test_generator_loss_before_disc_start_and_adaptive_weight():
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     last = torch.nn.Parameter(torch.randn(3, 4))
     rec = x + (last.sum() * 0.01)
-    loss = TokenizerLoss(LossConfig(perceptual_weight=0.0, gen_loss_weight=None, disc_start=5, disc_ndf=8))
+    loss = _loss(LossConfig(perceptual_weight=0.0, gen_loss_weight=None, disc_start=5, disc_ndf=8))
     early = loss.generator_loss(x, rec, lfq, q, step=4, last_layer=last)
     assert "g" not in early.logs
     late = loss.generator_loss(x, rec, lfq, q, step=5, last_layer=last)
@@ -209,13 +214,13 @@ def test_generator_loss_before_disc_start_and_adaptive_weight():
 
 def test_discriminator_loss_with_lecam():
     torch.manual_seed(0)
-    loss = TokenizerLoss(LossConfig(perceptual_weight=0.0, lecam_weight=0.05, disc_ndf=8, disc_layers=2))
+    loss = _loss(LossConfig(perceptual_weight=0.0, lecam_weight=0.05, disc_ndf=8, disc_layers=2))
     x, rec = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     out = loss.discriminator_loss(x, rec, step=0)
     assert out.loss.requires_grad
     torch.testing.assert_close(out.loss, out.logs["d_adv"] + 0.05 * out.logs["lecam"])
     assert loss.lecam.ema_real.item() != 0.0
-    off = TokenizerLoss(LossConfig(perceptual_weight=0.0, disc_start=10, disc_ndf=8)).discriminator_loss(x, rec, step=3)
+    off = _loss(LossConfig(perceptual_weight=0.0, disc_start=10, disc_ndf=8)).discriminator_loss(x, rec, step=3)
     assert off.loss.item() == 0.0 and not off.loss.requires_grad
 
 
@@ -225,5 +230,5 @@ def test_loss_config_validation_and_lpips_warning():
     with pytest.raises(ValueError, match="lecam_weight"):
         LossConfig(lecam_weight=-1.0)
     with pytest.warns(UserWarning, match="LPIPS disabled"):
-        assert TokenizerLoss(LossConfig(perceptual_weight=1.0, disc_ndf=8)).perceptual_loss is None
-    assert TokenizerLoss(LossConfig(lpips_random=True, disc_ndf=8)).perceptual_loss is not None
+        assert _loss(LossConfig(perceptual_weight=1.0, disc_ndf=8)).perceptual_loss is None
+    assert _loss(LossConfig(lpips_random=True, disc_ndf=8)).perceptual_loss is not None

@@ -209,3 +209,41 @@ def test_cuda_falls_back_to_the_reference_with_one_warning(prelude, reason):
     got = parse(out.stdout)
     assert got["CUDA"] == "reference" and got["WARNINGS"] == "1" and reason in got["REASON"]
     assert "falling back to the plain-torch reference" in got["WARNING-TEXT"] and reason in got["WARNING-TEXT"]
+
+
+# An op with a kernel for one device type only, defined the way every op is (magvit2/ops/_library.py).
+ONE_DEVICE_OP = """
+import warnings
+import torch
+import magvit2.ops
+from magvit2.ops import _library, backends
+_library.define("probe_cuda_only", "probe_cuda_only(Tensor x) -> Tensor", kernels=("cuda",))
+_library.lib.impl("probe_cuda_only", lambda x: x + 1, "CUDA")
+_library.define("probe_cpu_stale", "probe_cpu_stale(Tensor x) -> Tensor", kernels=("cpu",),
+                reference_fn=lambda x: x * 2)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tables = backends.select()
+for op, backend in tables["cpu"].ops.items():
+    print("CPU", op, backend)
+print("CHOICE", tables["cpu"].choice.backend)
+print("WARNINGS", len(caught))
+for w in caught:
+    print("WARNING-TEXT", w.message)
+print("VALUE", float(torch.ops.magvit2.probe_cpu_stale(torch.ones(1))))
+"""
+
+
+def test_an_op_for_one_device_leaves_every_cpu_op_on_the_extension():
+    out = run(ONE_DEVICE_OP, {})
+    assert out.returncode == 0, out.stderr
+    cpu = {line.split()[1]: line.split()[2] for line in out.stdout.splitlines() if line.startswith("CPU ")}
+    assert parse(out.stdout)["CHOICE"] == "cpu_ext"
+    for op in ("lfq_quantize", "lfq_entropy", "lfq_entropy_backward", "sample_tokens", "decode_block", "decode_logits"):
+        assert cpu[op] == "cpu_ext", (op, cpu)
+    assert cpu["probe_cuda_only"] == "none"  # no CPU kernel and no reference: nothing pretends to serve it
+    # an op that should have a CPU kernel but lacks one (a stale build) loses only itself, with one warning
+    assert cpu["probe_cpu_stale"] == "reference"
+    assert parse(out.stdout)["WARNINGS"] == "1"
+    assert "cpu_ext has no cpu kernel for probe_cpu_stale (stale build?" in parse(out.stdout)["WARNING-TEXT"]
+    assert parse(out.stdout)["VALUE"] == "2.0"

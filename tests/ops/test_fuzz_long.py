@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from magvit2 import ops
-from magvit2.ops import reference, sampling_reference
+from magvit2.ops import reference
+from magvit2.ops.reference import sampling as sampling_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SPECIAL = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-45, 6e4, -1e38]

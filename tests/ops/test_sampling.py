@@ -7,7 +7,7 @@ import torch
 
 from magvit2 import ops
 from magvit2.ops import backends
-from magvit2.ops import sampling_reference as ref
+from magvit2.ops.reference import sampling as ref
 
 
 def _ref(logits, uncond=None, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from magvit2.cli import main
+from magvit2.demos.photos_data import load_photo
 from magvit2.nn import Tokenizer
-from magvit2.train.data import load_photo
 
 
 @pytest.fixture(scope="session")

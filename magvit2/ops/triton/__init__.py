@@ -21,19 +21,17 @@ import torch
 import triton
 
 from magvit2.ops import reference
-from magvit2.ops._library import SCHEMAS, lib
-from magvit2.ops.lfq import (
+from magvit2.ops._library import (
+    FAKES,
+    SCHEMAS,
     entropy_backward_through,
     entropy_setup,
-    fake_lfq_entropy,
-    fake_lfq_entropy_backward,
-    fake_lfq_quantize,
+    lib,
     quantize_backward,
     quantize_setup,
 )
-from magvit2.ops.sampling import fake_sample_tokens
 from magvit2.ops.triton import entropy, lfq, sampling
-from magvit2.ops.triton._common import INTERPRET
+from magvit2.ops.triton._common import INTERPRET, device_guard
 
 VERSION = triton.__version__
 ENTROPY_DTYPES = entropy.SERVED_DTYPES
@@ -75,12 +73,6 @@ KERNELS = {
     "sample_tokens": sampling.sample_tokens,
 }
 REFERENCE = {op: getattr(reference, op) for op in KERNELS}
-FAKES = {
-    "lfq_quantize": fake_lfq_quantize,
-    "lfq_entropy": fake_lfq_entropy,
-    "lfq_entropy_backward": fake_lfq_entropy_backward,
-    "sample_tokens": fake_sample_tokens,
-}
 
 
 def dispatch(op: str) -> Callable:
@@ -88,7 +80,10 @@ def dispatch(op: str) -> Callable:
     kernel, fallback, serves = KERNELS[op], REFERENCE[op], COVERAGE[op].serves
 
     def run(*args):
-        return kernel(*args) if serves(*args) else fallback(*args)
+        if not serves(*args):
+            return fallback(*args)
+        with device_guard(args[0]):  # launches go to the inputs' GPU (cuda:1 too), not the current device
+            return kernel(*args)
 
     run.__name__ = f"triton_{op}"
     return run
@@ -108,16 +103,23 @@ sample_tokens_op = _define("sample_tokens")
 lfq_quantize_op.register_autograd(quantize_backward, setup_context=quantize_setup)
 lfq_entropy_op.register_autograd(entropy_backward_through(lfq_entropy_backward_op), setup_context=entropy_setup)
 
-_registered_cuda = False
+_REGISTERED_CUDA: set[str] = set()
 
 
-def register_cuda() -> None:
-    """Serve `magvit2::<op>` on CUDA tensors with these kernels (idempotent)."""
-    global _registered_cuda
-    if not _registered_cuda:
-        for op in KERNELS:
+def register_cuda(ops: list[str] | None = None) -> list[str]:
+    """Serve `magvit2::<op>` on CUDA tensors with these kernels, for `ops` (default: every op with a Triton kernel)
+    that have one (idempotent); returns the ops of `ops` the Triton kernels serve."""
+    wanted = [op for op in (KERNELS if ops is None else ops) if op in KERNELS]
+    for op in wanted:
+        if op not in _REGISTERED_CUDA:
             lib.impl(op, dispatch(op), "CUDA")
-        _registered_cuda = True
+            _REGISTERED_CUDA.add(op)
+    return wanted
 
 
-__all__ = ["COVERAGE", "INTERPRET", "KERNELS", "VERSION", "entropy", "lfq", "register_cuda", "sampling"]
+def registered() -> set[str]:
+    """The ops whose CUDA kernel is a Triton kernel."""
+    return set(_REGISTERED_CUDA)
+
+
+__all__ = ["COVERAGE", "INTERPRET", "KERNELS", "VERSION", "entropy", "lfq", "register_cuda", "registered", "sampling"]

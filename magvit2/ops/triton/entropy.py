@@ -1,6 +1,6 @@
 """Triton `lfq_entropy` forward and backward: per-bit sigmoids -> P_A / P_B tiles -> GEMM -> entropy, fused.
 
-Notation as in magvit2/ops/reference.py: x = 4 t z, q_i = sigmoid(+-x_i), P_A (N, 2^Ka) and P_B (N, 2^Kb) the
+Notation as in magvit2/ops/reference/lfq.py: x = 4 t z, q_i = sigmoid(+-x_i), P_A (N, 2^Ka) and P_B (N, 2^Kb) the
 probabilities of the low and high bit groups, avg = P_A^T P_B / N (2^Ka, 2^Kb).
 
 Forward, one program per (BLOCK_A x BLOCK_B) tile of avg: it walks all N tokens in chunks of BLOCK_T, builds its

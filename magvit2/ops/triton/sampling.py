@@ -1,6 +1,6 @@
 """Triton `sample_tokens`: guidance, temperature, top-k, top-p and the counter-based draw, one program per row.
 
-Tokens are identical to magvit2/ops/sampling_reference.py. The rules that decide them (arithmetic, visiting order,
+Tokens are identical to magvit2/ops/reference/sampling.py. The rules that decide them (arithmetic, visiting order,
 nucleus, draw) live in sampling_rules.py, the one file to re-sync when the reference changes; this file runs the
 phases and owns the scratch layout. Per row:
 

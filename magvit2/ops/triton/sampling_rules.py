@@ -1,6 +1,6 @@
 """The determinism rules of `sample_tokens`, mirrored in Triton: the one place to re-sync with the reference.
 
-magvit2/ops/sampling_reference.py defines the tokens bit for bit; every helper here reproduces one of its rules
+magvit2/ops/reference/sampling.py defines the tokens bit for bit; every helper here reproduces one of its rules
 with the same IEEE operations in the same order (the kernel is launched with `enable_fp_fusion=False`, so no
 multiply-add is contracted into an FMA on the GPU):
 
@@ -37,9 +37,9 @@ import struct
 import triton
 import triton.language as tl
 
-from magvit2.ops import sampling_reference as ref
+from magvit2.ops.reference import sampling as ref
 
-assert len(ref.EXP_COEFFS) == 6, "exp_det below unrolls 6 Horner coefficients: re-sync with sampling_reference"
+assert len(ref.EXP_COEFFS) == 6, "exp_det below unrolls 6 Horner coefficients: re-sync with the reference"
 
 
 def _f32(value: float) -> float:
@@ -82,7 +82,7 @@ def join_u64(hi, lo):
 
 @triton.jit
 def combine(c, u, cfg_scale, temperature, HAS_UNCOND: tl.constexpr):
-    """float32 logits (and unconditional logits) -> x, as sampling_reference.combine."""
+    """float32 logits (and unconditional logits) -> x, as reference/sampling.py's combine."""
     x = c
     if HAS_UNCOND:
         x = u + (c - u) * cfg_scale
@@ -91,7 +91,7 @@ def combine(c, u, cfg_scale, temperature, HAS_UNCOND: tl.constexpr):
 
 @triton.jit
 def exp_det(d):
-    """float32 exp(d) for float32 d = x - max <= 0 as sampling_reference.exp_det (same roundings, same constants).
+    """float32 exp(d) for float32 d = x - max <= 0 as reference/sampling.py's exp_det (same roundings, same constants).
 
     The clamp to [EXP_CUTOFF, 0] is the reference's clamp to the cutoff (-inf becomes the cutoff, 0 either way);
     its upper end only matters in rows that raise (an infinite logit: d = +inf would make n NaN).
@@ -113,7 +113,7 @@ def exp_det(d):
 
 @triton.jit
 def uniform(seed, offset, row):
-    """53-bit uniform in [0, 1) of (seed, offset, row), all uint64: sampling_reference.uniform."""
+    """53-bit uniform in [0, 1) of (seed, offset, row), all uint64: reference/sampling.py's uniform."""
     z = (seed * GOLDEN) ^ (offset * MIX1 + row.to(tl.uint64))
     z = (z ^ (z >> 30)) * MIX1
     z = (z ^ (z >> 27)) * MIX2

@@ -1,0 +1,166 @@
+"""Official AR checkpoints (`AR_256_{B,L,XL}.ckpt`, and those of `magvit2 train ar`) -> `ARTransformer` + `Tokenizer`.
+
+The file holds `transformer.*` and the tokenizer under `first_stage_model.*` (reference §4.5); both are read from one
+weights-only load: the tokenizer with its raw weights and the transformer's token split ((6, 12)), as the official
+sampler uses them. Our AR format is a folder: `transformer.json` + `transformer.safetensors` beside a tokenizer's
+`config.json` + `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any
+
+import torch
+
+from magvit2.checkpoints.image import OfficialFile, read_official, tokenizer_from_state
+from magvit2.nn.ar.transformer import AR_PRESETS, ARConfig, ARTransformer
+from magvit2.nn.image.tokenizer import Tokenizer
+from magvit2.nn.weights import (
+    CheckpointError,
+    build_module,
+    listing,
+    load_safetensors,
+    read_format_json,
+    write_format_dir,
+)
+
+TRANSFORMER_PREFIX = "transformer."
+AR_CONFIG_NAME, AR_WEIGHTS_NAME = "transformer.json", "transformer.safetensors"
+AR_FORMAT_NAME, AR_FORMAT_VERSION = "magvit2-ar", 1
+HEADS_BY_DIM = {c.dim: c.n_head for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
+
+
+def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
+    """ARConfig from the weight shapes: width, sub-token bits, classes, layer counts. The head count is not in the
+    shapes: the released widths map to their presets (1024 -> 16, 1280 -> 20, 1536 -> 24), others default to head
+    size 64 unless `n_head=` is given."""
+    need = [
+        "pre_emb.weight",
+        "post_emb.weight",
+        "class_emb.embedding_table.weight",
+        "spatial_blocks.0.feed_forward.w1.weight",
+    ]
+    missing = [k for k in need if k not in sd]
+    if missing:
+        raise CheckpointError(f"cannot infer the AR architecture: missing {listing(missing)}")
+    n_pre, dim = sd["pre_emb.weight"].shape
+    n_post = sd["post_emb.weight"].shape[0]
+    bits = (int(math.log2(n_pre)), int(math.log2(n_post)))
+    if 2 ** bits[0] != n_pre or 2 ** bits[1] != n_post:
+        raise CheckpointError(f"sub-token tables {n_pre} x {n_post} are not powers of 2")
+
+    def layers(stack: str) -> int:
+        return len({int(m.group(1)) for k in sd if (m := re.match(rf"{stack}\.(\d+)\.", k))})
+
+    dim = int(dim)
+    fields: dict[str, Any] = dict(
+        dim=dim,
+        n_head=HEADS_BY_DIM.get(dim, max(1, dim // 64)),
+        spatial_n_layer=layers("spatial_blocks"),
+        factorized_n_layer=layers("factorized_blocks"),
+        class_num=int(sd["class_emb.embedding_table.weight"].shape[0]) - 1,
+        factorized_bits=bits,
+    )
+    fields.update(overrides)
+    try:
+        config = ARConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"inferred an invalid AR architecture {fields}: {e}") from None
+    hidden = int(sd["spatial_blocks.0.feed_forward.w1.weight"].shape[0])
+    if hidden != config.ffn_hidden:
+        config = dataclasses.replace(config, ffn_dim_multiplier=hidden / int(2 * 4 * dim / 3))
+    return config
+
+
+def stored_ar_fields(raw: object) -> dict[str, Any]:
+    """n_head and block_size from the run config `magvit2 train ar` stores in its checkpoints under "magvit2"
+    (these are not in the weight shapes); {} for other files."""
+    meta = raw.get("magvit2") if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "ar" or not isinstance(meta.get("config"), dict):
+        return {}
+    try:
+        config = ARConfig.from_section(dict(meta["config"].get("model") or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the stored training config has an invalid model section: {e}") from None
+    return {"n_head": config.n_head, "block_size": config.block_size}
+
+
+def transformer_from_state(
+    sd: dict[str, Any], origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+) -> ARTransformer:
+    """The ARTransformer of an official AR state dict (its `transformer.*` keys), architecture from the shapes."""
+    inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
+    if not inner:
+        raise CheckpointError(f"{origin} has no transformer.* keys: not an AR checkpoint (tokenizers: load_checkpoint)")
+    config = infer_ar_config(inner, **config_overrides)
+    return build_module(lambda: ARTransformer(config), inner, origin, device, what="the AR transformer")
+
+
+def load_ar_checkpoint(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    **config_overrides: Any,
+) -> tuple[ARTransformer, Tokenizer]:
+    """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint (or one of `magvit2 train ar`,
+    whose stored run config gives the head count and grid). `config_overrides` replace inferred ARConfig fields
+    (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
+
+    Example:
+        >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return load_ar_pretrained(path, device=device)
+    # the AR configs build the tokenizer with use_ema: False
+    return ar_models(read_official(path, use_ema=False), path, device=device, **config_overrides)
+
+
+def ar_transformer(
+    file: OfficialFile, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+) -> ARTransformer:
+    """The transformer of an AR checkpoint read by `read_official`: heads and grid from the run config our trainer
+    stored (else inferred from the shapes), then `config_overrides`."""
+    fields = {**stored_ar_fields(file.raw), **config_overrides}
+    return transformer_from_state(file.state_dict, origin, device=device, **fields)
+
+
+def ar_models(
+    file: OfficialFile, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+) -> tuple[ARTransformer, Tokenizer]:
+    """(transformer, tokenizer) of an AR checkpoint read by `read_official`; the tokenizer with the transformer's
+    sub-token split."""
+    transformer = ar_transformer(file, origin, device=device, **config_overrides)
+    if not file.tokenizer.is_ar:
+        raise CheckpointError(f"{origin} has no first_stage_model.* tokenizer next to its transformer")
+    bits = transformer.config.factorized_bits  # the tokenizer's split is the transformer's sub-token split
+    return transformer, tokenizer_from_state(file.tokenizer, origin, device=device, factorized_bits=bits)
+
+
+def save_ar_pretrained(transformer: ARTransformer, directory: str | os.PathLike) -> None:
+    """Write `transformer.json` + `transformer.safetensors` (beside a tokenizer's config.json + model.safetensors)."""
+    meta = {"format": AR_FORMAT_NAME, "format_version": AR_FORMAT_VERSION, **transformer.config.to_dict()}
+    write_format_dir(directory, AR_CONFIG_NAME, AR_WEIGHTS_NAME, meta, transformer)
+
+
+def load_ar_pretrained(
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[ARTransformer, Tokenizer]:
+    """(transformer, tokenizer) from a directory written by `magvit2 export AR.ckpt DIR` or `save_ar_pretrained`."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, AR_CONFIG_NAME)
+    hint = f"an AR model directory holds {AR_CONFIG_NAME} and {AR_WEIGHTS_NAME} (magvit2 convert of an AR checkpoint)"
+    meta = read_format_json(path, AR_FORMAT_NAME, AR_FORMAT_VERSION, hint)
+    try:
+        config = ARConfig.from_dict(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    weights = os.path.join(directory, AR_WEIGHTS_NAME)
+    transformer = build_module(
+        lambda: ARTransformer(config), load_safetensors(weights), weights, device, what="the AR transformer"
+    )
+    return transformer, Tokenizer.from_pretrained(directory, device=device)

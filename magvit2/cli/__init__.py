@@ -1,0 +1,32 @@
+"""Command-line entry point `magvit2 <command>`: argparse only, one module per command group (models, train, eval,
+sample, demo); each command calls one function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from magvit2.cli import demo, eval, models, sample, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magvit2", description="Open-MAGVIT2 tokenizer and AR generation.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    models.add_commands(commands)
+    train.add_commands(commands)
+    eval.add_commands(commands)
+    sample.add_commands(commands)
+    demo.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, no traceback
+        print(f"magvit2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,36 @@
+"""Argument types and flags shared by the command groups of `magvit2` (argparse only)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def bits(text: str) -> tuple[int, ...] | str | None:
+    """'6,12' -> (6, 12); 'none' -> None; 'auto' -> 'auto'."""
+    if text.lower() in ("none", "auto"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 6,12 or 'none', got {text!r}") from None
+
+
+def floats(text: str) -> tuple[float, float]:
+    """'1.9,2.0' -> (1.9, 2.0); '2' -> (2.0, 2.0): a value per sub-token (pre, post)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or two like 1.9,2.0, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected one value or a pair (pre, post), got {text!r}")
+    return (values[0], values[-1])
+
+
+def ints(text: str) -> tuple[int, int]:
+    a, b = floats(text)
+    if a != int(a) or b != int(b):
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}")
+    return (int(a), int(b))
+
+
+MODEL_HELP = "model directory (magvit2 export / save_pretrained) or an official .ckpt"

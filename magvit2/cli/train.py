@@ -1,0 +1,79 @@
+"""`magvit2 train tokenizer | ar`: the trainers on Lightning (single device, DDP, multi-node)."""
+
+from __future__ import annotations
+
+import argparse
+
+RUN_FLAGS = (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"), ("max_steps", "trainer.max_steps"),
+             ("accelerator", "trainer.accelerator"), ("precision", "trainer.precision"))  # fmt: skip
+
+
+def _run_overrides(args: argparse.Namespace, data_key: str) -> list[str]:
+    """--set values, then --data and the run flags given on the command line, as section.key=value overrides."""
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"{data_key}={args.data}")
+    overrides += [f"{key}={getattr(args, flag)}" for flag, key in RUN_FLAGS if getattr(args, flag) is not None]
+    return overrides
+
+
+def train_tokenizer(args: argparse.Namespace) -> int:
+    from magvit2.train.tokenizer import fit_tokenizer, load_config
+
+    config = load_config(args.config, _run_overrides(args, "data.train"))
+    trainer, module = fit_tokenizer(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if trainer.is_global_zero:
+        print(f"trained {module.batch_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
+    return 0
+
+
+def train_ar(args: argparse.Namespace) -> int:
+    from magvit2.train.ar.config import load_ar_config
+    from magvit2.train.ar.fit import fit_ar
+
+    # --data names token shards or, with --tokenizer, images to tokenize on the fly
+    overrides = _run_overrides(args, "data.tokens" if args.tokenizer is None else "data.images")
+    if args.tokenizer is not None:
+        overrides.append(f"data.tokenizer={args.tokenizer}")
+    config = load_ar_config(args.config, overrides)
+    trainer, module = fit_ar(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if trainer.is_global_zero:
+        print(f"trained {module.global_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
+    return 0
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, *, precision: str, steps: str) -> None:
+    """The flags every `magvit2 train` command shares (see RUN_FLAGS for the config keys they set)."""
+    parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if any)")
+    parser.add_argument("--devices", help="devices per node (int or 'auto')")
+    parser.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
+    parser.add_argument("--accelerator", help="cpu, gpu, npu or auto")
+    parser.add_argument("--precision", help=f"32-true, bf16-mixed or 16-mixed {precision}".strip())
+    parser.add_argument("--max-steps", type=int, help=steps)
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_commands(commands) -> None:
+    train = commands.add_parser("train", help="train a model on Lightning (single device, DDP, multi-node)")
+    what = train.add_subparsers(dest="what", required=True, metavar="MODEL")
+    tok = what.add_parser("tokenizer", help="tokenizer: GAN + perceptual + LFQ losses, EMA; checkpoints + logs")
+    tok.add_argument(
+        "--config", required=True, help="YAML file or preset: open-magvit2-256-L, open-magvit2-128-L, tiny"
+    )
+    tok.add_argument("--data", help="image folder: ImageNet layout (train/ and val/) or a plain folder")
+    tok.add_argument("--out", default="runs/tokenizer", help="run folder (checkpoints/, logs/, images/)")
+    _add_run_flags(tok, precision="(the LFQ stays fp32)", steps="training steps (one G and one D update each)")
+    tok.set_defaults(func=train_tokenizer)
+
+    ar = what.add_parser("ar", help="class-conditional AR model on token shards or images + a frozen tokenizer")
+    ar.add_argument("--config", required=True, help="YAML file or preset (open-magvit2-ar-B, -L, -XL, ar-tiny)")
+    ar.add_argument(
+        "--data",
+        help="token folder written by magvit2 encode, or an image folder tokenized on the fly with --tokenizer "
+        "(class = the images' parent folder)",
+    )
+    ar.add_argument("--tokenizer", help="frozen tokenizer (directory or checkpoint) for tokens on the fly")
+    ar.add_argument("--out", default="runs/ar", help="run folder (checkpoints/, logs/)")
+    _add_run_flags(ar, precision="", steps="optimizer steps")
+    ar.set_defaults(func=train_ar)

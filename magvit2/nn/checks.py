@@ -1,0 +1,33 @@
+"""When modules check tensor values (index ranges, finite images) in their forward passes.
+
+Shape and dtype checks always run: they read metadata only. A value check (`.min()`, `.any()`, `.item()`) makes the
+host wait for the device, one sync per call, which stalls a GPU pipeline; so value checks run on CPU tensors, where
+they cost nothing, and on other devices only with the debug switch: `MAGVIT2_DEBUG_CHECKS=1` in the environment or
+`magvit2.nn.checks.set_debug_checks(True)`. Under torch.compile and on meta tensors they never run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENV = "MAGVIT2_DEBUG_CHECKS"
+_debug = os.environ.get(ENV, "0") not in ("", "0")
+
+
+def set_debug_checks(enabled: bool) -> None:
+    """Check tensor values on every device (True), or on CPU tensors only (False, the default)."""
+    global _debug
+    _debug = bool(enabled)
+
+
+def debug_checks() -> bool:
+    return _debug
+
+
+def check_values(t: torch.Tensor) -> bool:
+    """Whether a value check of `t` should run now (see the module docstring)."""
+    if t.numel() == 0 or t.is_meta or torch.compiler.is_compiling():
+        return False
+    return t.device.type == "cpu" or _debug

@@ -1,0 +1,257 @@
+"""The Open-MAGVIT2 image tokenizer: encoder -> LFQ -> decoder, checkpoint-compatible with the official release.
+
+`Tokenizer.state_dict()` holds exactly the official `encoder.*` / `decoder.*` keys and shapes (the LFQ has none):
+339 tensors for open-magvit2-256-L, 283 for open-magvit2-128-L. Our own format is a directory with `config.json`
+(the TokenizerConfig fields) and `model.safetensors` (`save_pretrained` / `from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from magvit2.nn.checks import check_values
+from magvit2.nn.image.decoder import Decoder
+from magvit2.nn.image.encoder import Encoder
+from magvit2.nn.quantizer import LFQ, Indices, LFQOutput
+from magvit2.nn.weights import CheckpointError, build_module, load_safetensors, read_format_json, write_format_dir
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "magvit2-tokenizer"
+FORMAT_VERSION = 1
+RANGE_TOLERANCE = 1e-3  # inputs are x / 127.5 - 1; anything past this is a scaling mistake, not rounding
+
+
+@dataclass
+class TokenizerConfig:
+    """Architecture (official ddconfig names) and quantizer settings. Defaults = open-magvit2-256-L."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 4
+    z_channels: int = 18
+    in_channels: int = 3
+    out_ch: int = 3
+    resolution: int = 128  # accepted for ddconfig compatibility; unused (any multiple of the factor works)
+    double_z: bool = False  # accepted for ddconfig compatibility; must be False
+    codebook_size: int = 2**18
+    entropy_weight: float = 0.1
+    commitment_weight: float = 0.25
+    inv_temperature: float = 100.0
+    sample_minimization_weight: float = 1.0
+    batch_maximization_weight: float = 1.0
+    log_eps: float = 1e-5
+    factorized_bits: tuple[int, ...] | None = None
+    global_entropy: bool = False
+    force_fp32: bool = True
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        if self.factorized_bits is not None:
+            self.factorized_bits = tuple(int(b) for b in self.factorized_bits)
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"TokenizerConfig: ch_mult must be a non-empty list of positive ints, got {self.ch_mult}")
+        bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % 32} | ({self.ch} if self.ch % 32 else set()))
+        if bad:
+            raise ValueError(
+                f"TokenizerConfig: every width ch * ch_mult[i] must be divisible by 32 (GroupNorm), got {bad}"
+            )
+        if self.num_res_blocks < 1:
+            raise ValueError(f"TokenizerConfig: num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if self.double_z:
+            raise ValueError("TokenizerConfig: double_z=True is not supported (LFQ latents are not Gaussian)")
+        if 2**self.z_channels != self.codebook_size:
+            raise ValueError(
+                f"TokenizerConfig: codebook_size ({self.codebook_size}) must equal 2^z_channels = {2**self.z_channels}"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        d["factorized_bits"] = None if self.factorized_bits is None else list(self.factorized_bits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"TokenizerConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> TokenizerConfig:
+        """A run config's `model` section: an optional "preset" (a PRESETS name) plus field overrides; YAML lists of
+        the tuple fields become tuples."""
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+        preset = fields.pop("preset", None)
+        return dataclasses.replace(PRESETS[preset] if preset else cls(), **fields)
+
+
+PRESETS: dict[str, TokenizerConfig] = {
+    # configs/Open-MAGVIT2/gpu/imagenet_lfqgan_256_L.yaml: f = 16, 256 x 256 -> 16 x 16 tokens
+    "open-magvit2-256-L": TokenizerConfig(),
+    # imagenet_lfqgan_128_L.yaml: f = 8, 128 x 128 -> 16 x 16 tokens (256 x 256 -> 32 x 32)
+    "open-magvit2-128-L": TokenizerConfig(ch_mult=(1, 2, 2, 4)),
+    # for tests and examples: f = 4, 0.59 M parameters
+    "tiny": TokenizerConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1),
+}
+
+
+class TokenizerEncoding(NamedTuple):
+    quantized: torch.Tensor  # (B, z_channels, h, w), +-1, straight-through
+    indices: Indices  # (B, h, w) int64, or a (pre, post, ...) tuple when factorized
+
+
+class TokenizerOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, out_ch, H, W), not clamped
+    lfq: LFQOutput
+
+
+class Tokenizer(nn.Module):
+    """Encoder + LFQ + decoder. Images are (B, 3, H, W) in [-1, 1], H and W multiples of `downsample_factor`.
+
+    Example:
+        >>> model = Tokenizer.from_preset("tiny").eval()
+        >>> quantized, indices = model.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        >>> indices.shape, model.decode_indices(indices).shape
+        (torch.Size([2, 8, 8]), torch.Size([2, 3, 32, 32]))
+    """
+
+    def __init__(self, config: TokenizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or TokenizerConfig()
+        arch = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks)
+        self.encoder = Encoder(**arch, z_channels=config.z_channels, in_channels=config.in_channels)
+        self.decoder = Decoder(**arch, z_channels=config.z_channels, out_ch=config.out_ch)
+        self.quantizer = LFQ(
+            dim=config.z_channels,
+            codebook_size=config.codebook_size,
+            entropy_weight=config.entropy_weight,
+            commitment_weight=config.commitment_weight,
+            inv_temperature=config.inv_temperature,
+            sample_minimization_weight=config.sample_minimization_weight,
+            batch_maximization_weight=config.batch_maximization_weight,
+            log_eps=config.log_eps,
+            factorized_bits=config.factorized_bits,
+            global_entropy=config.global_entropy,
+            force_fp32=config.force_fp32,
+        )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Tokenizer:
+        """ "open-magvit2-256-L", "open-magvit2-128-L" or "tiny"; keyword overrides replace config fields
+        (e.g. `factorized_bits=(6, 12)` for the AR models' token split). Weights are randomly initialised."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(dataclasses.replace(PRESETS[name], **overrides))
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    # --- checks -----------------------------------------------------------------------------------------------------
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        c, f = self.config.in_channels, self.downsample_factor
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(f"Tokenizer: expected float images (B, {c}, H, W), got {_describe(x)}")
+        if x.shape[1] != c:
+            raise ValueError(f"Tokenizer: expected {c} input channels (B, {c}, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % f or w % f or h == 0 or w == 0:
+            raise ValueError(
+                f"Tokenizer: image size {h}x{w} is not a positive multiple of the downsampling factor {f} "
+                f"(crop or resize to e.g. {max(f, h // f * f)}x{max(f, w // f * f)})"
+            )
+        if not check_values(x):  # value checks: on CPU, or with the debug switch (a host sync on a GPU)
+            return
+        lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("Tokenizer: input images contain NaN or infinite values")
+        if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            warnings.warn(
+                f"Tokenizer: input values span [{lo:.4g}, {hi:.4g}], outside the expected [-1, 1] "
+                "(images scaled as pixel / 127.5 - 1); reconstructions will be poor",
+                stacklevel=3,
+            )
+
+    def _check_latents(self, q: torch.Tensor) -> None:
+        z = self.config.z_channels
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.is_floating_point():
+            raise ValueError(f"Tokenizer.decode: expected float latents (B, {z}, h, w), got {_describe(q)}")
+        if q.shape[1] != z:
+            raise ValueError(f"Tokenizer.decode: expected {z} latent channels (B, {z}, h, w), got {tuple(q.shape)}")
+        if q.shape[-1] * q.shape[-2] < 2:
+            raise ValueError(
+                f"Tokenizer.decode: a token grid of {q.shape[-2]}x{q.shape[-1]} is too small: the decoder's adaptive "
+                "norm takes the unbiased variance over the grid, which needs at least 2 tokens"
+            )
+
+    # --- API --------------------------------------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor) -> TokenizerEncoding:
+        """(B, 3, H, W) in [-1, 1] -> quantized (B, 18, H/f, W/f) and indices (B, H/f, W/f). No losses."""
+        self._check_images(x)
+        return TokenizerEncoding(*self.quantizer.quantize(self.encoder(x)))
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """(B, 18, h, w) -> (B, 3, f*h, f*w), not clamped (clamp to [-1, 1] for display and metrics)."""
+        self._check_latents(quantized)
+        return self.decoder(quantized)
+
+    def decode_indices(self, indices: Indices) -> torch.Tensor:
+        """(B, h, w) int indices (a tuple of group indices when factorized) -> (B, 3, f*h, f*w)."""
+        groups = indices if isinstance(indices, (tuple, list)) else (indices,)
+        if any(not isinstance(g, torch.Tensor) or g.dim() != 3 for g in groups):
+            raise ValueError(f"Tokenizer.decode_indices: expected (B, h, w) index tensors, got {_describe(indices)}")
+        dtype = self.decoder.conv_in.weight.dtype
+        return self.decode(self.quantizer.indices_to_codes(indices, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        """Reconstruction and the LFQ result (losses in train mode)."""
+        self._check_images(x)
+        lfq = self.quantizer(self.encoder(x))
+        return TokenizerOutput(self.decoder(lfq.quantized), lfq)
+
+    # --- our format -------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` and `model.safetensors` (float tensors as they are; contiguous copies)."""
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()}
+        write_format_dir(directory, CONFIG_NAME, WEIGHTS_NAME, meta, self)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:
+        """Load a directory written by `save_pretrained` (or `magvit2 convert`). Errors name the bad file or key."""
+        directory = os.fspath(directory)
+        path = os.path.join(directory, CONFIG_NAME)
+        meta = read_format_json(
+            path, FORMAT_NAME, FORMAT_VERSION, f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+        try:
+            config = TokenizerConfig.from_dict(meta)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        return build_module(lambda: cls(config), load_safetensors(weights), weights, device)
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {[_describe(v) for v in x]}"
+    return type(x).__name__

@@ -1,0 +1,87 @@
+"""The tokenizer trainer's config: `model` (a tokenizer preset plus TokenizerConfig overrides), `loss` (LossConfig),
+`optim`, `data` and `trainer` sections, from a YAML file or a preset of `magvit2/train/configs/tokenizer/`:
+`open-magvit2-256-L` and `open-magvit2-128-L` reproduce the official recipes (reference §3.5), `tiny` trains on a
+CPU in minutes, `digits` is the demo's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from magvit2.nn.image.tokenizer import PRESETS, TokenizerConfig
+from magvit2.nn.losses import LossConfig
+from magvit2.train.common.config import TrainerConfig, plain, read_config_values, sections_from_dict
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    lr_drop_epochs: tuple[int, ...] = ()  # lr x lr_drop_factor (both optimizers) at the end of these epochs
+    lr_drop_factor: float = 0.1
+    ema_decay: float = 0.999
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates (LitEma's num_updates)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        self.lr_drop_epochs = tuple(int(e) for e in self.lr_drop_epochs)
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str | None = None  # image folder (ImageNet layout root/train/<class>/*, or any folder of images)
+    val: str | None = None  # default: <train root>/val when the train folder is an ImageNet-layout root
+    size: int = 256  # resize the shorter side, then random crop (train) / center crop (val)
+    batch_size: int = 8  # per device
+    val_batch_size: int = 8
+    val_images: int | None = None  # evaluate on the first N validation images (None: all)
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("size", "batch_size", "val_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be a positive int, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: dict[str, Any]  # {"preset": name, **TokenizerConfig overrides}
+    loss: LossConfig
+    optim: OptimConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    name: str = "tokenizer"
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        return TokenizerConfig.from_section(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(dataclasses.asdict(self))
+
+
+SECTIONS = {"loss": LossConfig, "optim": OptimConfig, "data": DataConfig, "trainer": TrainerConfig}
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build and check a TrainConfig; every section is optional except that the trainer needs a length."""
+    config = TrainConfig(
+        **sections_from_dict(values, model_fields=TokenizerConfig, presets=PRESETS, sections=SECTIONS, name="tokenizer")
+    )
+    try:
+        config.tokenizer_config()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model: {e}") from None
+    return config
+
+
+def load_config(source: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """A tokenizer config: YAML file or preset, then `section.key=value` overrides; checked."""
+    return config_from_dict(read_config_values(source, overrides, kind="tokenizer"))

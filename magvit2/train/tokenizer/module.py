@@ -1,0 +1,145 @@
+"""The tokenizer LightningModule: manual optimisation of generator then discriminator, EMA, lr drops.
+
+State-dict keys are the official training checkpoint's: `encoder.*`, `decoder.*` (the tokenizer),
+`loss.discriminator.main.*`, `loss.perceptual_loss.*` when LPIPS is on, `model_ema.<flat name>` (EMA of the
+tokenizer weights) plus our `loss.lecam.ema_{real,fake}`; `magvit2 export` and `load_checkpoint` read
+the files written here. The config travels in the checkpoint under "magvit2".
+
+Steps: Lightning counts one step per optimizer.step(), two per batch here; `batch_step` is the number of training
+batches done (what `trainer.max_steps`, `disc_start` and the logs mean in our configs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from magvit2.eval.image_metrics import psnr as image_psnr
+from magvit2.eval.image_metrics import quantize_uint8
+from magvit2.nn.image.discriminator import PatchDiscriminator
+from magvit2.nn.image.tokenizer import Tokenizer
+from magvit2.nn.losses import TokenizerLoss
+from magvit2.train.common.ema import EMA
+from magvit2.train.common.guard import NonFiniteGuard
+from magvit2.train.tokenizer.config import TrainConfig, config_from_dict
+
+OPTIMIZERS_PER_STEP = 2
+
+
+class TokenizerModule(L.LightningModule):
+    def __init__(self, config: TrainConfig | dict[str, Any]) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = config_from_dict(config)
+        self.config = config
+        tokenizer = Tokenizer(config.tokenizer_config())
+        # The tokenizer's modules are registered here directly so the keys are the official ones (no prefix);
+        # the Tokenizer object itself is kept outside the module tree and shares them.
+        self.encoder, self.decoder, self.quantize = tokenizer.encoder, tokenizer.decoder, tokenizer.quantizer
+        self.__dict__["tokenizer"] = tokenizer
+        discriminator = PatchDiscriminator(ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers)
+        self.loss = TokenizerLoss(config.loss, discriminator=discriminator)
+        self.model_ema = EMA(tokenizer, decay=config.optim.ema_decay, warmup=config.optim.ema_warmup)
+        self.automatic_optimization = False
+        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
+
+    @property
+    def batch_step(self) -> int:
+        return self.global_step // OPTIMIZERS_PER_STEP
+
+    def forward(self, x: torch.Tensor):
+        return self.tokenizer(x)
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        opt_g = torch.optim.Adam(self.tokenizer.parameters(), lr=o.lr, betas=o.betas)
+        opt_d = torch.optim.Adam(self.loss.discriminator.parameters(), lr=o.lr, betas=o.betas)
+        return [opt_g, opt_d]
+
+    def lr_at_epoch(self, epoch: int) -> float:
+        """Base lr times lr_drop_factor per drop epoch passed. Derived from the epoch (restored on resume), not from
+        a scheduler stepped at epoch end, which a checkpoint taken at an epoch's last batch would miss."""
+        o = self.config.optim
+        return o.lr * o.lr_drop_factor ** sum(1 for e in o.lr_drop_epochs if epoch >= e)
+
+    def _set_lr(self) -> float:
+        lr = self.lr_at_epoch(self.current_epoch)
+        for opt in self.optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch  # (B, 3, H, W) in [-1, 1]
+        opt_g, opt_d = self.optimizers()
+        step = self.batch_step
+        lr = self._set_lr()
+
+        # both losses first (D sees the detached reconstruction, so its value does not depend on the G update):
+        # a non-finite one skips both updates, the EMA, and the state the loss forward moved (LeCAM EMAs and the
+        # discriminator's BatchNorm statistics, a few KB: restored from this copy)
+        loss_state = [b.detach().clone() for b in self.loss.buffers()]
+        self.toggle_optimizer(opt_g)  # generator: encoder + LFQ + decoder, D frozen (no D gradients from this loss)
+        rec, lfq = self.tokenizer(x)
+        g = self.loss.generator_loss(x, rec, lfq, self.quantize, step=step, last_layer=self.decoder.conv_out.weight)
+        self.untoggle_optimizer(opt_g)
+        self.toggle_optimizer(opt_d)  # discriminator on real images and detached reconstructions
+        d = self.loss.discriminator_loss(x, rec.detach(), step=step)
+        self.untoggle_optimizer(opt_d)
+        if self.guard.skip(self, g.loss, d.loss, step=step):
+            with torch.no_grad():
+                for buffer, saved in zip(self.loss.buffers(), loss_state, strict=True):
+                    buffer.copy_(saved)
+            self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=x.shape[0])
+            return
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g.loss)
+        opt_g.step()
+        opt_d.zero_grad(set_to_none=True)
+        if d.loss.requires_grad:
+            self.manual_backward(d.loss)
+        opt_d.step()
+        # EMA here, not in on_train_batch_end: checkpoint callbacks run before that hook and would miss this update
+        self.model_ema.update(self.tokenizer)
+
+        logs = {f"train/{k}": v for k, v in {**g.logs, **d.logs}.items()}
+        logs["train/lr"] = torch.tensor(lr)
+        logs["train/nonfinite_skips"] = torch.tensor(float(self.guard.total))
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        # batches done after this step: names the step checkpoints (Lightning's own step counts both optimizers)
+        self.log("batches", float(step + 1), on_step=True, on_epoch=False, logger=False, batch_size=x.shape[0])
+
+    # --- validation with the EMA weights ----------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._ema_context = self.model_ema.swapped_in(self.tokenizer)
+        self._ema_context.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        self._ema_context.__exit__(None, None, None)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        quantized, _ = self.tokenizer.encode(x)
+        rec = self.tokenizer.decode(quantized)
+        # the evaluation's PSNR; capped at 200 dB so an exact reconstruction logs a finite number
+        psnr = image_psnr(quantize_uint8(x), quantize_uint8(rec)).clamp(max=200.0).mean()
+        self.log("val/psnr", psnr, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        self.log("val/l1", (x - rec.clamp(-1, 1)).abs().mean(), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    # --- checkpoints ------------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["magvit2"] = {"kind": "tokenizer", "config": self.config.to_dict(), "batch_step": self.batch_step}
+
+    def ema_tokenizer(self) -> Tokenizer:
+        """A copy of the tokenizer holding the EMA weights, in eval mode (for evaluation and export)."""
+        import copy
+
+        model = copy.deepcopy(self.tokenizer)
+        self.model_ema.copy_to(model)
+        return model.eval()

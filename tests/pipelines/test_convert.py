@@ -1,0 +1,39 @@
+"""convert_checkpoint: one read of a checkpoint gives our format folder, with the stored training config when there
+is one (the one conversion behind `magvit2 export` and its alias `convert`)."""
+
+import torch
+
+from magvit2 import Tokenizer, load_checkpoint
+from magvit2.pipelines.convert import convert_checkpoint
+
+
+def _official(tmp_path, **stored):
+    torch.manual_seed(2)
+    raw, ema = Tokenizer.from_preset("tiny"), Tokenizer.from_preset("tiny")
+    sd = dict(raw.state_dict())
+    sd.update({"model_ema." + k.replace(".", ""): v for k, v in ema.state_dict().items()})
+    obj = {"state_dict": sd}
+    if stored:
+        obj["magvit2"] = {"kind": "tokenizer", "config": {"model": stored}}
+    torch.save(obj, tmp_path / "t.ckpt")
+    return tmp_path / "t.ckpt", raw, ema
+
+
+def test_official_file_takes_the_ema_weights_and_the_shapes(tmp_path):
+    path, raw, ema = _official(tmp_path)
+    done = convert_checkpoint(path, tmp_path / "out")
+    assert done.source == "ema" and not done.is_ar and done.transformer is None
+    assert done.num_tensors == len(ema.state_dict()) and done.ignored == len(raw.state_dict())
+    loaded = load_checkpoint(tmp_path / "out")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ema.state_dict().items())
+    assert loaded.config.entropy_weight == Tokenizer.from_preset("tiny").config.entropy_weight
+
+
+def test_stored_training_config_sets_what_shapes_cannot(tmp_path):
+    path, _, _ = _official(tmp_path, preset="tiny", entropy_weight=0.25, factorized_bits=[6, 12])
+    done = convert_checkpoint(path, tmp_path / "out", use_ema=False)
+    assert done.source == "raw"
+    config = load_checkpoint(tmp_path / "out").config
+    assert config.entropy_weight == 0.25 and config.factorized_bits == (6, 12)
+    done = convert_checkpoint(path, tmp_path / "plain", factorized_bits=None)  # the flag wins
+    assert done.tokenizer.config.factorized_bits is None
