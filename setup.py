@@ -4,6 +4,9 @@ Environment:
   MAGVIT2_BUILD_EXT=0   pure-Python install; every op then runs the plain-torch reference.
   MAGVIT2_BUILD_CUDA=0  no CUDA extension even where one could be built.
   MAGVIT2_DEBUG=1       -O0 -g.
+  MAGVIT2_PORTABLE=1    no x86-specific code (-DMAGVIT2_NO_X86_KERNELS: no AVX2 clones, float32 decode_block and
+                        decode_logits run the reference's ATen calls), as a non-x86 machine builds anyway; for building
+                        and testing that code on x86-64 (csrc/common/arch.h).
   MAX_JOBS              parallel compile jobs (torch's BuildExtension honours it).
   CUDA_HOME             CUDA toolkit root (the folder holding bin/nvcc); found from nvcc on PATH when unset.
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for, e.g. "9.0" (torch's default otherwise).
@@ -112,6 +115,8 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it silently runs on one thread.
     cxx = [*opt, "-fopenmp", cxx_standard(), "-fvisibility=hidden", "-fno-strict-aliasing"]
+    if os.environ.get("MAGVIT2_PORTABLE", "0") == "1":
+        cxx.append("-DMAGVIT2_NO_X86_KERNELS")
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + ["csrc/module.cpp"]
     ext = CppExtension(
         "magvit2._C",
