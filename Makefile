@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++17 compiler):
+# Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++20 compiler):
 #   make demo   venv + torch + build + the main job on the embedded default data
 #   make test   the same set-up, then the tests and a smoke run of the benchmarks (what CI runs: .ci/run), then
 #               the CUDA compile-and-link check where nvcc is on PATH (.ci/cuda_build_check.sh; prints a skip otherwise)

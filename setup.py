@@ -13,6 +13,7 @@ Environment:
 
 The CUDA extension is built only with a CUDA torch (`torch.version.cuda`) and a toolkit; build it with
 `pip install --no-build-isolation .`, since an isolated build environment holds the CPU torch (see README, CUDA).
+The C++ standard (for the .cpp and the .cu files alike) is CMakeLists.txt's MAGVIT2_CXX_STANDARD.
 """
 
 import glob
@@ -86,7 +87,7 @@ def cuda_extension(cuda_home: str, opt: list[str], cxx: list[str]):
         pass
     sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + ["csrc/module_cuda.cpp"]
     # No --use_fast_math: sample_tokens mirrors the reference's IEEE roundings (and uses _rn intrinsics as well).
-    nvcc = [*opt, "-Xcompiler", "-fvisibility=hidden"]
+    nvcc = [*opt, cxx_standard(), "-Xcompiler", "-fvisibility=hidden"]
     return cpp_extension.CUDAExtension(
         "magvit2._C_cuda",
         sources,
@@ -96,11 +97,13 @@ def cuda_extension(cuda_home: str, opt: list[str], cxx: list[str]):
 
 
 def cxx_standard() -> str:
-    """C++17 where torch's headers accept it; torch >= 2.14 requires C++20 (ATen.h stops with an #error)."""
-    import torch
-
-    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    return "-std=c++20" if (major, minor) >= (2, 14) else "-std=c++17"
+    """-std=c++NN from CMakeLists.txt's `set(MAGVIT2_CXX_STANDARD NN)`, the one place the standard is written (torch
+    >= 2.14's ATen.h stops with an #error below C++20)."""
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        found = re.search(r"^set\(MAGVIT2_CXX_STANDARD (\d+)\)", f.read(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError("CMakeLists.txt has no `set(MAGVIT2_CXX_STANDARD <NN>)` line")
+    return f"-std=c++{found.group(1)}"
 
 
 def extensions():
