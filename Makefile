@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++17 compiler):
+# Two commands do all set-up on a fresh machine (Python >= 3.10 and a C++20 compiler):
 #   make demo   venv + torch + build + the main job on the embedded default data
 #   make test   the same set-up, then the tests and a smoke run of the benchmarks (what CI runs: .ci/run), then
 #               the CUDA compile-and-link check where nvcc is on PATH (.ci/cuda_build_check.sh; prints a skip otherwise)
@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH ?= torch==2.13.0
+TORCH ?= $(shell sed -n '/^\[tool\.magvit2\]/,/^\[/s/^torch *= *"\(.*\)"$$/\1/p' pyproject.toml)
 export MAX_JOBS ?= 2
 
 .PHONY: setup demo test cuda-check bench lint clean
@@ -30,8 +30,8 @@ test: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-disable -q
 	.ci/cuda_build_check.sh
 
-# Builds magvit2._C_cuda against torch 2.14.1 (CUDA 13.0) in a cached venv (~/.cache/magvit2) and checks that it loads
-# and registers every op for CUDA; no GPU needed. Skipped without nvcc.
+# Builds magvit2._C_cuda against the torch-cuda of pyproject.toml in a cached venv (~/.cache/magvit2) and checks that
+# it loads and registers every op for CUDA; no GPU needed. Skipped without nvcc.
 cuda-check:
 	.ci/cuda_build_check.sh
 

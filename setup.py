@@ -4,12 +4,16 @@ Environment:
   MAGVIT2_BUILD_EXT=0   pure-Python install; every op then runs the plain-torch reference.
   MAGVIT2_BUILD_CUDA=0  no CUDA extension even where one could be built.
   MAGVIT2_DEBUG=1       -O0 -g.
+  MAGVIT2_PORTABLE=1    no x86-specific code (-DMAGVIT2_NO_X86_KERNELS: no AVX2 clones, float32 decode_block and
+                        decode_logits run the reference's ATen calls), as a non-x86 machine builds anyway; for building
+                        and testing that code on x86-64 (csrc/common/arch.h).
   MAX_JOBS              parallel compile jobs (torch's BuildExtension honours it).
   CUDA_HOME             CUDA toolkit root (the folder holding bin/nvcc); found from nvcc on PATH when unset.
   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for, e.g. "9.0" (torch's default otherwise).
 
 The CUDA extension is built only with a CUDA torch (`torch.version.cuda`) and a toolkit; build it with
 `pip install --no-build-isolation .`, since an isolated build environment holds the CPU torch (see README, CUDA).
+The C++ standard (for the .cpp and the .cu files alike) is CMakeLists.txt's MAGVIT2_CXX_STANDARD.
 """
 
 import glob
@@ -83,7 +87,7 @@ def cuda_extension(cuda_home: str, opt: list[str], cxx: list[str]):
         pass
     sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + ["csrc/module_cuda.cpp"]
     # No --use_fast_math: sample_tokens mirrors the reference's IEEE roundings (and uses _rn intrinsics as well).
-    nvcc = [*opt, "-Xcompiler", "-fvisibility=hidden"]
+    nvcc = [*opt, cxx_standard(), "-Xcompiler", "-fvisibility=hidden"]
     return cpp_extension.CUDAExtension(
         "magvit2._C_cuda",
         sources,
@@ -93,11 +97,13 @@ def cuda_extension(cuda_home: str, opt: list[str], cxx: list[str]):
 
 
 def cxx_standard() -> str:
-    """C++17 where torch's headers accept it; torch >= 2.14 requires C++20 (ATen.h stops with an #error)."""
-    import torch
-
-    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    return "-std=c++20" if (major, minor) >= (2, 14) else "-std=c++17"
+    """-std=c++NN from CMakeLists.txt's `set(MAGVIT2_CXX_STANDARD NN)`, the one place the standard is written (torch
+    >= 2.14's ATen.h stops with an #error below C++20)."""
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        found = re.search(r"^set\(MAGVIT2_CXX_STANDARD (\d+)\)", f.read(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError("CMakeLists.txt has no `set(MAGVIT2_CXX_STANDARD <NN>)` line")
+    return f"-std=c++{found.group(1)}"
 
 
 def extensions():
@@ -112,6 +118,8 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it silently runs on one thread.
     cxx = [*opt, "-fopenmp", cxx_standard(), "-fvisibility=hidden", "-fno-strict-aliasing"]
+    if os.environ.get("MAGVIT2_PORTABLE", "0") == "1":
+        cxx.append("-DMAGVIT2_NO_X86_KERNELS")
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + ["csrc/module.cpp"]
     ext = CppExtension(
         "magvit2._C",

@@ -7,7 +7,7 @@
 # ~/.cache/magvit2/venv-cuda-<torch>) and reused when present; the build tree is build/cuda-check, apart from the CPU
 # build's (other torch, other flags), so a rerun only recompiles what changed. Run by `make test` and `make cuda-check`.
 # From scratch on the 2-core build machine: ~8 min CPU time (venv + nvcc for sm_90); cached: ~1 min.
-#   TORCH_CUDA            torch requirement (default torch==2.14.1: CUDA 13.0, matching nvcc 13.0)
+#   TORCH_CUDA            torch requirement (default: torch-cuda of pyproject.toml's [tool.magvit2] table)
 #   TORCH_CUDA_ARCH_LIST  GPU architectures (default 9.0: one arch keeps the check short)
 #   MAX_JOBS              parallel nvcc/c++ jobs (default 2)
 set -euo pipefail
@@ -19,7 +19,11 @@ if ! command -v nvcc >/dev/null 2>&1; then
   exit 0
 fi
 
-TORCH_CUDA=${TORCH_CUDA:-torch==2.14.1}
+TORCH_CUDA=${TORCH_CUDA:-$(sed -n '/^\[tool\.magvit2\]/,/^\[/s/^torch-cuda *= *"\(.*\)"$/\1/p' pyproject.toml)}
+if [ -z "$TORCH_CUDA" ]; then
+  echo "cuda-check: no torch-cuda in pyproject.toml's [tool.magvit2] table and no TORCH_CUDA" >&2
+  exit 1
+fi
 VENV=${MAGVIT2_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/magvit2/venv-cuda-${TORCH_CUDA//[^A-Za-z0-9.]/}}
 case $VENV in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}

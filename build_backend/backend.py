@@ -9,14 +9,27 @@ from sys.path but not from sysconfig) and pin exactly that version, which pip ta
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 from importlib import metadata
 
 from setuptools import build_meta as _orig
 from setuptools.build_meta import *  # noqa: F403  (re-export the whole PEP 517 interface)
 
-FALLBACK_TORCH = "torch==2.13.0"
 REQUIREMENTS_ONLY = "MAGVIT2_REQUIREMENTS_ONLY"
+PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+
+
+def pinned_torch(key: str = "torch") -> str:
+    """A torch requirement of pyproject.toml's [tool.magvit2] table: `torch` (the release set-up installs, our
+    fallback when the target environment has none) or `torch-cuda`. A regex read: Python 3.10 has no tomllib."""
+    with open(PYPROJECT, encoding="utf-8") as f:
+        text = f.read()
+    table = re.search(r"^\[tool\.magvit2\][ \t]*$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+    value = table and re.search(rf'^{re.escape(key)}[ \t]*=[ \t]*"([^"]+)"', table.group(1), re.MULTILINE)
+    if not value:
+        raise RuntimeError(f'{PYPROJECT}: no {key} = "..." in the [tool.magvit2] table')
+    return value.group(1)
 
 
 def _installed_torch_requirement() -> list[str]:
@@ -27,7 +40,7 @@ def _installed_torch_requirement() -> list[str]:
         if (dist.metadata["Name"] or "").lower() == "torch":
             public = dist.version.split("+")[0]
             return [f"torch=={public}"]
-    return [FALLBACK_TORCH]
+    return [pinned_torch()]
 
 
 def _setuptools_requires(hook, config_settings) -> list[str]:

@@ -14,7 +14,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -22,13 +21,23 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/arch.h"
 #include "common/checks.h"
-#include "common/exp.h"
 #include "common/ops.h"
+
+#if MAGVIT2_X86_KERNELS
+#include <immintrin.h>
+
+#include "common/exp.h"
+#endif
 
 namespace magvit2 {
 namespace {
 
+// The float32 loops are x86-64 code (the AVX2 + FMA tile). Other architectures, and builds with
+// MAGVIT2_NO_X86_KERNELS (csrc/common/arch.h), compile none of it and run the ATen calls below for every dtype, as
+// an x86-64 CPU without AVX2 + FMA does.
+#if MAGVIT2_X86_KERNELS
 bool avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -226,6 +235,7 @@ at::Tensor decode_float(const at::Tensor& x, const at::Tensor& wqkv, const at::T
   gemm(g, m, hidden, w2_c, h, out.data_ptr<float>());
   return out;
 }
+#endif  // MAGVIT2_X86_KERNELS
 
 // The reference's ATen calls (magvit2/ops/decode_reference.py), for every other dtype.
 at::Tensor rms_ref(const at::Tensor& x, double eps) {
@@ -259,6 +269,7 @@ at::Tensor decode_aten(const at::Tensor& x, const at::Tensor& wqkv_in, const at:
   return at::addmm(h, at::silu(ab[0]) * ab[1], w2);
 }
 
+#if MAGVIT2_X86_KERNELS
 at::Tensor logits_float(const at::Tensor& z, const at::Tensor& head, double eps, const std::optional<double>& cfg) {
   const int64_t rows = z.size(0), dim = z.size(1), vocab = decode_out(head);
   const at::Tensor zc = z.contiguous(), hc = head.contiguous();
@@ -278,6 +289,7 @@ at::Tensor logits_float(const at::Tensor& z, const at::Tensor& head, double eps,
   gemm(zp, m, dim, hc, nullptr, out.data_ptr<float>());
   return out;
 }
+#endif  // MAGVIT2_X86_KERNELS
 
 at::Tensor logits_aten(const at::Tensor& z, const at::Tensor& head, double eps, const std::optional<double>& cfg) {
   at::Tensor zn = rms_ref(z, eps);
@@ -293,7 +305,9 @@ at::Tensor logits_aten(const at::Tensor& z, const at::Tensor& head, double eps, 
 at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& head, double eps,
                              std::optional<double> cfg_scale) {
   check_logits_args(z, head, eps, cfg_scale);
+#if MAGVIT2_X86_KERNELS
   if (z.scalar_type() == at::kFloat && avx2_fma()) return logits_float(z, head, eps, cfg_scale);
+#endif
   return logits_aten(z, head, eps, cfg_scale);
 }
 
@@ -301,9 +315,11 @@ at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& wqkv, const a
                             const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& rope,
                             const at::Tensor& pos, double eps) {
   const int64_t n = check_decode_args(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps);
+#if MAGVIT2_X86_KERNELS
   if (x.scalar_type() == at::kFloat && avx2_fma()) {
     return decode_float(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, n, eps);
   }
+#endif
   return decode_aten(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, n, eps);
 }
 

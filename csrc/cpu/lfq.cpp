@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/arch.h"
 #include "common/checks.h"
 #include "common/ops.h"
 #include "common/raw_bits.h"
@@ -26,13 +27,11 @@ namespace {
 constexpr int64_t kBlockRows = 512;
 constexpr int64_t kGrainRows = 8192;
 
-// Compiled twice (AVX2 and baseline x86-64), picked at load time by the CPU.
+// On x86-64 compiled twice (AVX2 and baseline x86-64), picked at load time by the CPU (csrc/common/arch.h).
 template <typename raw_t, raw_t kInf, raw_t kOne, raw_t kMinusOne>
-__attribute__((target_clones("avx2", "default"))) void quantize_contiguous(const raw_t* __restrict z, int64_t begin,
-                                                                           int64_t end, int64_t k,
-                                                                           const int64_t* bits, int64_t groups,
-                                                                           raw_t* __restrict codes,
-                                                                           int64_t* __restrict indices, int64_t n) {
+MAGVIT2_AVX2_CLONES void quantize_contiguous(const raw_t* __restrict z, int64_t begin, int64_t end, int64_t k,
+                                             const int64_t* bits, int64_t groups, raw_t* __restrict codes,
+                                             int64_t* __restrict indices, int64_t n) {
   for (int64_t b0 = begin; b0 < end; b0 += kBlockRows) {
     const int64_t b1 = std::min(end, b0 + kBlockRows);
     const raw_t* in = z + b0 * k;

@@ -31,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/arch.h"
 #include "common/checks.h"
 #include "common/exp.h"
 #include "common/ops.h"
@@ -51,8 +52,7 @@ double uniform(int64_t seed, int64_t offset, int64_t row) {
 // x = (u + (c - u) * scale) / t (or c / t without u) into x; returns the row maximum and sets *nan when an x is NaN
 // (a NaN input, or an infinite logit in both c and u). The simd reductions let the loop vectorise; the maximum is
 // exact in any order (a NaN row is rejected before its maximum is used).
-__attribute__((target_clones("avx2", "default"))) float guide(const float* c, const float* u, int64_t n, float scale,
-                                                               float t, float* x, bool* nan) {
+MAGVIT2_AVX2_CLONES float guide(const float* c, const float* u, int64_t n, float scale, float t, float* x, bool* nan) {
   float top = kNegInf;
   int bad = 0;
   if (u != nullptr) {

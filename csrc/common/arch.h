@@ -1,0 +1,14 @@
+// Which x86-64 code the CPU kernels compile: AVX2 clones of the vector loops (target_clones: both versions are
+// compiled, the CPU picks one at load time) and decode's float32 loops with their AVX2 + FMA matmul tile
+// (csrc/cpu/decode.cpp). Other architectures (aarch64) compile the plain loops only and run decode's float32 through
+// the reference's ATen calls; so does an x86-64 build with MAGVIT2_NO_X86_KERNELS defined (setup.py:
+// MAGVIT2_PORTABLE=1; CMakeLists.txt: -DMAGVIT2_PORTABLE=ON), which builds and tests that code on an x86 machine.
+#pragma once
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(MAGVIT2_NO_X86_KERNELS)
+#define MAGVIT2_X86_KERNELS 1
+#define MAGVIT2_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MAGVIT2_X86_KERNELS 0
+#define MAGVIT2_AVX2_CLONES
+#endif
