@@ -4,6 +4,7 @@ wheel with MAGVIT2_BUILD_EXT=0, and the CMake C++ test build of the same kernels
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -78,11 +79,15 @@ def _tool(name: str) -> str:
 
 
 @pytest.mark.slow
-def test_cmake_cpp_build_and_tests(tmp_path):
+@pytest.mark.parametrize("portable", [False, True], ids=["x86-kernels", "portable"])
+def test_cmake_cpp_build_and_tests(tmp_path, portable):
+    """The C++ test passes with the x86 kernels and with the portable build (the code non-x86 machines compile),
+    which holds no AVX instruction at all."""
     build = tmp_path / "build"
     cmake = _tool("cmake")
     configure = [cmake, "-S", str(ROOT), "-B", str(build), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"]
     configure.append(f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
+    configure.append(f"-DMAGVIT2_PORTABLE={'ON' if portable else 'OFF'}")
     out = subprocess.run(configure, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     out = subprocess.run([cmake, "--build", str(build), "-j", "2"], capture_output=True, text=True)
@@ -90,3 +95,6 @@ def test_cmake_cpp_build_and_tests(tmp_path):
     out = subprocess.run([str(build / "magvit2_cpp_test")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 failure(s)" in out.stdout and out.stdout.count("ok ") >= 10
+    if platform.machine() in ("x86_64", "AMD64") and shutil.which("objdump"):
+        asm = subprocess.run(["objdump", "-d", str(build / "libmagvit2_cpu.a")], capture_output=True, text=True).stdout
+        assert ("ymm" in asm) != portable, "AVX (ymm) instructions in the library" if portable else "no AVX2 path"

@@ -1,6 +1,6 @@
 // decode_block on the CPU: one pre-norm transformer block (RMSNorm, wqkv, RoPE, KV-cache write, attention over the
 // written prefix, wo + residual, RMSNorm, [w1 | w3], SwiGLU, w2 + residual) for the newest position of R rows, in
-// one call instead of ~40 tensor ops. It is the body of a generation step (magvit2/nn/generation.py).
+// one call instead of ~40 tensor ops. It is the body of a generation step (magvit2/nn/ar/generation.py).
 //
 // float32 runs its own loops. The four matmuls have M = R rows (16 for 8 images with guidance) and weights of
 // 0.25-1.5 MB that come from memory at every call: a register tile of 6 (or 4) rows x 16 columns keeps its sums in
@@ -9,7 +9,7 @@
 // step's 26 matmuls of dim 256): 9.7 ms per step with MKL sgemm on (in, out) weights, 11.2 ms through F.linear.
 // The attention reads the cache prefix once for the scores and once for the weighted sum; its exp is the float32
 // exp of sample_tokens. Every dtype but float32, and CPUs without AVX2 + FMA, run the ATen calls of
-// magvit2/ops/decode_reference.py instead, bit for bit the reference.
+// magvit2/ops/reference/ar_decode.py instead, bit for bit the reference.
 #pragma GCC optimize("fp-contract=off", "no-trapping-math")
 
 #include <ATen/ATen.h>
@@ -237,7 +237,7 @@ at::Tensor decode_float(const at::Tensor& x, const at::Tensor& wqkv, const at::T
 }
 #endif  // MAGVIT2_X86_KERNELS
 
-// The reference's ATen calls (magvit2/ops/decode_reference.py), for every other dtype.
+// The reference's ATen calls (magvit2/ops/reference/ar_decode.py), for every other dtype.
 at::Tensor rms_ref(const at::Tensor& x, double eps) {
   const at::Tensor xf = x.to(at::kFloat);
   return (xf * at::rsqrt(xf.square().mean({-1}, true) + eps)).to(x.scalar_type());
