@@ -70,3 +70,17 @@ def decode_panels(w: torch.Tensor) -> torch.Tensor:
     if w.dim() != 2 or w.shape[1] % 16:
         return w
     return w.unflatten(1, (-1, 16)).transpose(0, 1).contiguous()
+
+
+def prefers_panels(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the decode kernel that serves `device` and `dtype` streams 16-column panels: the CPU extension's float32
+    AVX2 + FMA tiles on an x86-64 CPU that has them. Elsewhere (other dtypes, other devices, CPUs without AVX2, the
+    reference) the kernels take (in, out) weights, and panels would only be laid out back on every call."""
+    from magvit2.ops import backends
+
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and backends.serving("decode_block", "cpu") == "cpu_ext"
+        and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    )

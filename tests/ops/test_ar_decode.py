@@ -204,3 +204,12 @@ def test_logits_errors_name_the_argument(impl):
         fn(torch.randn(4, 8), torch.randn(6, 32), 1e-5, None)
     with pytest.raises(ValueError, match=r"decode_logits: with cfg_scale, z must hold \[cond; uncond\] rows"):
         fn(torch.randn(3, 8), torch.randn(8, 32), 1e-5, 2.0)
+
+
+def test_panels_only_where_the_fused_kernel_streams_them():
+    from magvit2.ops.ar_decode import prefers_panels
+
+    fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")  # the x86 kernels' tiles
+    assert prefers_panels(torch.device("cpu"), torch.float32) == fused
+    assert not prefers_panels(torch.device("cpu"), torch.float64)  # ATen calls: (in, out) weights
+    assert not prefers_panels(torch.device("meta"), torch.float32)

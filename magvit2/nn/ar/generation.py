@@ -27,6 +27,7 @@ from torch import nn
 
 from magvit2 import ops
 from magvit2.nn.ar.transformer import ARTransformer
+from magvit2.ops.ar_decode import prefers_panels
 from magvit2.ops.reference import ar_decode as ref
 
 
@@ -101,8 +102,8 @@ class DecodeStep(nn.Module):
             raise ValueError(f"DecodeStep: guidance needs [cond; null] rows, an even count; got rows={rows}")
         self.guidance, self.static = guidance, static
         self.dim, self.n_head, self.head_dim, self.eps = c.dim, c.n_head, c.head_dim, c.norm_eps
-        # float32 on a CPU: the 16-column panels the decode kernels stream (ops.decode_panels); (in, out) otherwise
-        panels = not static and device.type == "cpu" and dtype == torch.float32
+        # the 16-column panels where the decode kernel streams them (ops.decode_panels); (in, out) otherwise
+        panels = not static and prefers_panels(device, dtype)
         layout = ops.decode_panels if panels else (lambda w: w)
         self.spatial = [_weights(b, layout) for b in model.spatial_blocks]
         self.intra = [_weights(b, layout) for b in model.factorized_blocks]
