@@ -186,61 +186,6 @@ def test_config_errors(field, value, message):
         ARTransformer.from_preset("huge")
 
 
-def _official_ar_file(tmp_path, seed=0):
-    """A Lightning-style AR checkpoint: transformer.* + first_stage_model.* (raw and EMA tokenizer weights)."""
-    from magvit2.nn import Tokenizer
-
-    torch.manual_seed(seed)
-    transformer = ARTransformer.from_preset("tiny")
-    for h in transformer.head:
-        torch.nn.init.normal_(h.weight, 0, 0.02)
-    tokenizer = Tokenizer.from_preset("tiny", factorized_bits=(6, 12))
-    sd = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
-    sd |= {f"first_stage_model.{k}": v for k, v in tokenizer.state_dict().items()}
-    sd |= {f"first_stage_model.model_ema.{k.replace('.', '')}": v * 0 for k, v in tokenizer.state_dict().items()}
-    path = tmp_path / "AR_tiny.ckpt"
-    torch.save({"state_dict": sd, "global_step": 7}, path)
-    return path, transformer.eval(), tokenizer.eval()
-
-
-def test_load_official_ar_checkpoint(tmp_path):
-    from magvit2.checkpoints.ar import load_ar_checkpoint
-
-    path, transformer, tokenizer = _official_ar_file(tmp_path)
-    loaded, tok = load_ar_checkpoint(path, n_head=4, block_size=64)
-    assert loaded.config == transformer.config
-    for k, v in transformer.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
-    for k, v in tokenizer.state_dict().items():
-        assert torch.equal(tok.state_dict()[k], v), k  # raw weights, not the (zeroed) EMA copies
-    assert tok.config.factorized_bits == (6, 12)
-    pre, post, cls = torch.randint(0, 64, (1, 64)), torch.randint(0, 4096, (1, 64)), torch.tensor([3])
-    torch.testing.assert_close(loaded(pre, post, cls).post, transformer(pre, post, cls).post)
-
-
-def test_infer_ar_config_for_the_released_widths():
-    from magvit2.checkpoints.ar import infer_ar_config
-
-    sd = _meta("open-magvit2-ar-L").state_dict()
-    assert infer_ar_config(sd) == AR_PRESETS["open-magvit2-ar-L"]
-
-
-def test_ar_checkpoint_errors(tmp_path):
-    from magvit2.checkpoints.ar import load_ar_checkpoint
-    from magvit2.nn import CheckpointError
-
-    path, transformer, _ = _official_ar_file(tmp_path)
-    sd = torch.load(path, weights_only=True)["state_dict"]
-    torch.save({"state_dict": {k: v for k, v in sd.items() if not k.startswith("transformer.")}}, tmp_path / "t.ckpt")
-    with pytest.raises(CheckpointError, match="no transformer"):
-        load_ar_checkpoint(tmp_path / "t.ckpt")
-    bad = dict(sd)
-    bad["transformer.norm.weight"] = torch.zeros(3)
-    torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
-    with pytest.raises(CheckpointError, match=r"mis-shaped: norm.weight \(3,\)"):
-        load_ar_checkpoint(tmp_path / "bad.ckpt", n_head=4, block_size=64)
-
-
 def _random_heads(seed=0, **overrides):
     torch.manual_seed(seed)
     model = ARTransformer.from_preset("tiny", **overrides)
