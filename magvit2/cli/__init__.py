@@ -20,12 +20,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Packages of the optional extras (pyproject.toml) that commands import, and the extra that installs each.
+EXTRAS = {"lightning": "train", "yaml": "train", "sklearn": "train", "skimage": "train", "tensorboard": "train"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, no traceback
         print(f"magvit2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional extra that is not installed: say which
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"magvit2 {args.command}: error: this command needs the {extra!r} extra (no module {e.name!r}): "
+            f"pip install 'magvit2[{extra}]' (from a checkout: pip install '.[{extra}]')",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -72,16 +72,14 @@ class TokenShardWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if not self._tokens:
             return
         name = f"shard-{len(self.shards):05d}.safetensors"
-        save_file(
-            {"indices": torch.stack(self._tokens)},
-            str(self.out / name),
-            metadata={"sources": json.dumps(self._sources)},
-        )
+        # written as bytes with open(): the file gets the umask's mode (safetensors' save_file makes it 0600)
+        data = save({"indices": torch.stack(self._tokens)}, metadata={"sources": json.dumps(self._sources)})
+        (self.out / name).write_bytes(data)
         self.shards.append({"file": name, "count": len(self._tokens)})
         self.count += len(self._tokens)
         self._tokens, self._sources = [], []

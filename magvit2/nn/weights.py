@@ -113,7 +113,15 @@ def write_format_dir(
     with open(os.path.join(directory, config_name), "w") as f:
         json.dump(meta, f, indent=2)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, os.path.join(directory, weights_name), metadata={"format": "pt"})
+    path = os.path.join(directory, weights_name)
+    save_file(state, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; a weight file is as readable as its JSON beside it
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_format_json(path: str, format_name: str, format_version: int, hint: str) -> dict[str, Any]:

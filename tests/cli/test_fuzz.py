@@ -26,3 +26,17 @@ def test_random_argument_lists_exit_cleanly(command, rest, capsys):
     err = capsys.readouterr().err
     if code == 2:
         assert "error:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["demo"], ["train", "tokenizer", "--config", "tiny"]], ids=["demo", "train"])
+def test_a_missing_extra_is_named_in_one_line(command):
+    """Without the `train` extra (lightning), the commands that need it say so in one line and exit 2."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['lightning'] = None\nfrom magvit2.cli import main\nsys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    assert "needs the 'train' extra (no module 'lightning')" in lines[0] and "pip install 'magvit2[train]'" in lines[0]
