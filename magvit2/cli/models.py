@@ -59,7 +59,10 @@ def _load_model(args: argparse.Namespace):
 def reconstruct(args: argparse.Namespace) -> int:
     from magvit2.pipelines.reconstruct import reconstruct_files
 
-    results = reconstruct_files(_load_model(args), args.images, args.out, size=args.size, device=args.device)
+    model = _load_model(args)
+    results = reconstruct_files(
+        model, args.images, args.out, size=args.size, device=args.device, progress=not args.no_progress
+    )
     width = max(len(r.source) for r in results)
     for r in results:
         print(f"{r.source:<{width}}  {r.height}x{r.width}  tokens {r.grid[0]}x{r.grid[1]}  PSNR {r.psnr:.2f} dB")
@@ -113,8 +116,8 @@ def add_commands(commands) -> None:
 
     rec = commands.add_parser("reconstruct", help="encode + decode images; side-by-side PNGs and per-image PSNR")
     rec.add_argument("--model", required=True, help=MODEL_HELP)
-    rec.add_argument("images", nargs="+", help="image files")
-    rec.add_argument("--out", required=True, help="output folder for <name>.png (original | reconstruction)")
+    rec.add_argument("images", nargs="+", help="image files, or folders (searched recursively)")
+    rec.add_argument("--out", required=True, help="new output folder for <name>.png (original | reconstruction)")
     rec.add_argument(
         "--size",
         type=int,
@@ -122,6 +125,7 @@ def add_commands(commands) -> None:
         help="resize shorter side + center crop to SIZE (default: native size cropped to the factor)",
     )
     rec.add_argument("--device", default="cpu")
+    rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.set_defaults(func=reconstruct)
 
     enc = commands.add_parser("encode", help="a folder of images -> token shards for AR training")

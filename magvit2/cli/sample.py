@@ -22,8 +22,9 @@ def _classes(text: str, n_classes: int) -> list[int]:
 
 def sample(args: argparse.Namespace) -> int:
     from magvit2.checkpoints import load_ar_checkpoint
-    from magvit2.pipelines.sample import sample_images, write_samples
+    from magvit2.pipelines.sample import check_samples_path, sample_images, write_samples
 
+    check_samples_path(args.out)  # before minutes of sampling
     transformer, tokenizer = load_ar_checkpoint(args.model, device=args.device)
     classes = _classes(args.classes, transformer.config.class_num)
     images, labels = sample_images(

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from magvit2.data.images import load_image, to_uint8
+from magvit2.data.images import list_images, load_image, to_uint8
 from magvit2.eval.image_metrics import psnr, quantize_uint8
 
 
@@ -32,15 +32,21 @@ def reconstruct_files(
     *,
     size: int | None = None,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> list[ReconstructionResult]:
-    """Encode and decode each image (one at a time: sizes may differ); write `<stem>.png` side by side."""
+    """Encode and decode each image (one at a time: sizes may differ); write `<stem>.png` side by side. `paths`:
+    image files, or folders searched recursively. `out_dir` must be new or empty (nothing is overwritten)."""
     from PIL import Image
+    from tqdm.auto import tqdm
 
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"output folder {out} is not empty; choose a new one")
+    files = [f for p in paths for f in (list_images(p) if Path(p).is_dir() else [Path(p)])]
     out.mkdir(parents=True, exist_ok=True)
     f = model.downsample_factor
     results, used = [], set()
-    for path in paths:
+    for path in tqdm(files, unit="img", desc="reconstruct", disable=not progress):
         x = load_image(path, size=size, multiple_of=f).to(device)
         quantized, indices = model.encode(x[None])
         rec = model.decode(quantized)[0]

@@ -47,17 +47,26 @@ def sample_images(
     return np.concatenate(images), labels.numpy()
 
 
+SAMPLE_SUFFIXES = (".npz", ".png", ".jpg", ".jpeg")
+
+
+def check_samples_path(out: str | os.PathLike) -> Path:
+    """The output path of `write_samples`, checked before any sampling: .npz, .png or .jpg."""
+    out = Path(out)
+    if out.suffix.lower() not in SAMPLE_SUFFIXES:
+        raise ValueError(f"--out must end in .npz, .png or .jpg, got {out.name}")
+    return out
+
+
 def write_samples(
     images: np.ndarray, labels: np.ndarray, out: str | os.PathLike, *, per_row: int | None = None
 ) -> Path:
     """`.npz` -> arr_0 (N, H, W, 3) uint8 + arr_1 labels; `.png`/`.jpg` -> a grid, `per_row` images per row."""
-    out = Path(out)
+    out = check_samples_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
+    if out.suffix.lower() == ".npz":
         np.savez(out, images, labels)
         return out
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out must end in .npz, .png or .jpg, got {out.name}")
     from PIL import Image
 
     Image.fromarray(grid(images, per_row or len(images))).save(out)

@@ -194,3 +194,22 @@ def test_entry_point_subprocess(images, model_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "astronaut.png" in run.stdout and "tokens 16x16" in run.stdout
     assert (tmp_path / "r" / "astronaut.png").is_file()
+
+
+def test_reconstruct_takes_a_folder_and_keeps_an_existing_output(images, model_dir, tmp_path, capsys):
+    out = tmp_path / "rec"
+    assert main(["reconstruct", "--model", str(model_dir), str(images), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "camera.png", "chelsea.png", "coffee.png"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["reconstruct", "--model", str(model_dir), str(images), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty; choose a new one" in err[0]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_sample_checks_the_output_name_before_loading_anything(tmp_path, capsys):
+    args = ["sample", "--model", str(tmp_path / "no-model"), "--classes", "1", "--out", str(tmp_path / "grid.bmp")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--out must end in .npz, .png or .jpg, got grid.bmp" in err and "no-model" not in err
