@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from magvit2.checkpoints.image import OfficialFile, read_official, tokenizer_from_state
+from magvit2.checkpoints.image import OfficialFile, read_official, stored_model_config, tokenizer_from_state
 from magvit2.nn.ar.transformer import AR_PRESETS, ARConfig, ARTransformer
 from magvit2.nn.image.tokenizer import Tokenizer
 from magvit2.nn.weights import (
@@ -79,14 +79,8 @@ def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
 def stored_ar_fields(raw: object) -> dict[str, Any]:
     """n_head and block_size from the run config `magvit2 train ar` stores in its checkpoints under "magvit2"
     (these are not in the weight shapes); {} for other files."""
-    meta = raw.get("magvit2") if isinstance(raw, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") != "ar" or not isinstance(meta.get("config"), dict):
-        return {}
-    try:
-        config = ARConfig.from_section(dict(meta["config"].get("model") or {}))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"the stored training config has an invalid model section: {e}") from None
-    return {"n_head": config.n_head, "block_size": config.block_size}
+    config = stored_model_config(raw, "ar", ARConfig)
+    return {} if config is None else {"n_head": config.n_head, "block_size": config.block_size}
 
 
 def transformer_from_state(

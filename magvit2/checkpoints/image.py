@@ -135,16 +135,21 @@ def load_official(path: str | os.PathLike, *, use_ema: bool = True) -> LoadedSta
     return read_official(path, use_ema=use_ema).tokenizer
 
 
-def stored_tokenizer_config(raw: object) -> TokenizerConfig | None:
-    """The tokenizer config that `magvit2 train tokenizer` stores in its checkpoints under "magvit2" (architecture and
-    LFQ settings), or None for other files."""
+def stored_model_config(raw: object, kind: str, config_cls: type) -> Any:
+    """The model config that `magvit2 train <kind>` stores in its checkpoints under "magvit2" (the run config's
+    `model` section, built with `config_cls.from_section`), or None for other files."""
     meta = raw.get("magvit2") if isinstance(raw, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") != "tokenizer" or not isinstance(meta.get("config"), dict):
+    if not isinstance(meta, dict) or meta.get("kind") != kind or not isinstance(meta.get("config"), dict):
         return None
     try:
-        return TokenizerConfig.from_section(dict(meta["config"].get("model") or {}))
+        return config_cls.from_section(dict(meta["config"].get("model") or {}))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"the stored training config has an invalid model section: {e}") from None
+
+
+def stored_tokenizer_config(raw: object) -> TokenizerConfig | None:
+    """The tokenizer config (architecture and LFQ settings) of a `magvit2 train tokenizer` checkpoint, else None."""
+    return stored_model_config(raw, "tokenizer", TokenizerConfig)
 
 
 def load_checkpoint(
@@ -171,7 +176,7 @@ def load_checkpoint(
     if path.endswith(".safetensors"):
         loaded = map_official_state_dict(load_safetensors(path), use_ema=use_ema)
     else:
-        loaded = read_official(path, use_ema=use_ema).tokenizer
+        loaded = load_official(path, use_ema=use_ema)
     return tokenizer_from_state(loaded, path, device=device, **config_overrides)
 
 

@@ -13,6 +13,7 @@ typed wrapper, a reference function and its kernels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ lib = torch.library.Library(NAMESPACE, "DEF")
 class OpDef:
     schema: str
     kernels: tuple[str, ...]  # device types with compiled kernels ("cpu", "cuda"); the reference serves the rest
+    fake: Callable | None = None  # the fake kernel (other registrations of the schema, e.g. Triton's, reuse it)
 
 
 OPS: dict[str, OpDef] = {}
@@ -43,7 +45,7 @@ def define(name: str, schema: str, *, kernels: tuple[str, ...], reference_fn=Non
     if name in OPS:
         raise ValueError(f"magvit2::{name} is already defined")
     lib.define(schema)
-    OPS[name] = OpDef(schema, tuple(kernels))
+    OPS[name] = OpDef(schema, tuple(kernels), fake)
     if reference_fn is not None:
         lib.impl(name, reference_fn, "CompositeExplicitAutograd")
     if fake is not None:
@@ -193,6 +195,3 @@ torch.library.register_autograd(
     setup_context=entropy_setup,
     lib=lib,
 )
-
-SCHEMAS = {op: d.schema for op, d in OPS.items()}
-FAKES = {op: globals()[f"fake_{op}"] for op in OPS}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from magvit2.ops import backends
+
 
 def decode_block(
     x: torch.Tensor,
@@ -76,8 +78,6 @@ def prefers_panels(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the decode kernel that serves `device` and `dtype` streams 16-column panels: the CPU extension's float32
     AVX2 + FMA tiles on an x86-64 CPU that has them. Elsewhere (other dtypes, other devices, CPUs without AVX2, the
     reference) the kernels take (in, out) weights, and panels would only be laid out back on every call."""
-    from magvit2.ops import backends
-
     return (
         device.type == "cpu"
         and dtype == torch.float32

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,6 @@ ORDER: dict[str, tuple[str, ...]] = {
     "*": ("reference",),
 }
 DEVICE_TYPES = ("cpu", "cuda", "npu")
-DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 EVERY_INPUT = "every input"
 NONE = "none"  # an op with neither a kernel for the device type nor a reference
 
@@ -139,8 +139,6 @@ def _extension_kernels(key: str) -> Callable[[list[str]], list[str]]:
 
 
 def _triton_imported() -> bool:
-    import sys
-
     return "magvit2.ops.triton" in sys.modules
 
 
@@ -183,12 +181,14 @@ class DeviceTable:
     choice: Choice  # the first backend that serves an op here, and why
     ops: dict[str, str]  # op -> the backend serving it ("none": no kernel and no reference)
     missing: dict[str, str]  # op -> why its backend of choice lacks it (a stale build), for ops declared for here
+    skipped: list[str]  # why the backends before the chosen ones could not load
 
 
 def _select_device(device: str, forced: str | None) -> DeviceTable:
-    candidates = (forced,) if forced is not None else _order(device)
-    if forced is not None and forced != "reference":
-        candidates = (forced, "reference")  # ops the forced backend has no kernel for (e.g. decode_ on cuda)
+    if forced is None:
+        candidates = _order(device)
+    else:  # the reference takes the ops the forced backend has no kernel for (e.g. decode_ on cuda)
+        candidates = (forced,) if forced == "reference" else (forced, "reference")
     pending = list(OPS)
     served: dict[str, str] = {}
     skipped: list[str] = []
@@ -223,7 +223,7 @@ def _select_device(device: str, forced: str | None) -> DeviceTable:
         served[op] = NONE
     if choice is None:
         choice = Choice("reference", "plain-torch reference" + "".join(f"; {s}" for s in skipped))
-    return DeviceTable(choice, served, missing)
+    return DeviceTable(choice, served, missing, skipped)
 
 
 def select(env_value: str | None = None) -> dict[str, DeviceTable]:
@@ -240,7 +240,7 @@ def select(env_value: str | None = None) -> dict[str, DeviceTable]:
         if lost:
             reasons = sorted({t.missing[op] for op in lost if op in t.missing})
             if t.choice.backend == "reference":
-                reasons = [r for r in t.choice.reason.split("; ")[1:]] + reasons
+                reasons = t.skipped + reasons
             fallbacks.append(f"{device}: {'; '.join(reasons)}")
     if fallbacks:
         warnings.warn(

@@ -8,6 +8,7 @@ shapes; an AR checkpoint's tokenizer takes the transformer's sub-token split.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, NamedTuple
 
@@ -42,14 +43,13 @@ def convert_checkpoint(
     path = os.fspath(checkpoint)
     file = read_official(path, use_ema=use_ema)
     stored = stored_tokenizer_config(file.raw)
-    overrides = stored.to_dict() if stored is not None else {}
+    overrides = dataclasses.asdict(stored) if stored is not None else {}  # tuples stay tuples
     if factorized_bits != AUTO:
         overrides["factorized_bits"] = factorized_bits
     transformer = None
     if file.tokenizer.is_ar:
         transformer = ar_transformer(file, path, **{k: v for k, v in ar_overrides.items() if v})
         overrides.setdefault("factorized_bits", transformer.config.factorized_bits)
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     tokenizer = tokenizer_from_state(file.tokenizer, path, **overrides)
     tokenizer.save_pretrained(outdir)
     if transformer is not None:

@@ -22,8 +22,7 @@ import triton
 
 from magvit2.ops import reference
 from magvit2.ops._library import (
-    FAKES,
-    SCHEMAS,
+    OPS,
     entropy_backward_through,
     entropy_setup,
     lib,
@@ -90,9 +89,9 @@ def dispatch(op: str) -> Callable:
 
 
 def _define(op: str):
-    schema = SCHEMAS[op][len(op) :]  # "(Tensor z, ...) -> ..." without the name
+    schema = OPS[op].schema[len(op) :]  # "(Tensor z, ...) -> ..." without the name
     custom = torch.library.custom_op(f"magvit2::triton_{op}", dispatch(op), mutates_args=(), schema=schema)
-    custom.register_fake(FAKES[op])
+    custom.register_fake(OPS[op].fake)
     return custom
 
 
