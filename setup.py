@@ -23,6 +23,7 @@ import shutil
 import subprocess
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -106,9 +107,23 @@ def cxx_standard() -> str:
     return f"-std=c++{found.group(1)}"
 
 
+PURE_PYTHON_MARKER = "_pure_python"  # magvit2/_pure_python in a MAGVIT2_BUILD_EXT=0 build: see ops/backends.py
+
+
+class PurePythonBuild(build_py):
+    """build_py that marks the package as built without the extension on purpose, so importing it does not warn
+    that the extension is missing (a build that has the extension file but cannot load it still warns)."""
+
+    def run(self):
+        super().run()
+        marker = os.path.join(self.build_lib, "magvit2", PURE_PYTHON_MARKER)
+        with open(marker, "w") as f:
+            f.write("built with MAGVIT2_BUILD_EXT=0: every op runs the plain-torch reference\n")
+
+
 def extensions():
     if os.environ.get("MAGVIT2_BUILD_EXT", "1") == "0":
-        return [], {}
+        return [], {"build_py": PurePythonBuild}
     if os.environ.get("MAGVIT2_REQUIREMENTS_ONLY") == "1":  # set by build_backend while torch is not yet installed
         return [], {}
     cuda_home = cuda_toolkit()

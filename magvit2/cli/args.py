@@ -34,3 +34,22 @@ def ints(text: str) -> tuple[int, int]:
 
 
 MODEL_HELP = "model directory (magvit2 export / save_pretrained) or an official .ckpt"
+
+
+def threads(text: str) -> int | str:
+    """'auto' or a positive int (see magvit2/ops/threads.py for what 'auto' picks)."""
+    from magvit2.ops.threads import parse_threads
+
+    try:
+        value = parse_threads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    return "auto" if value is None else value
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """--threads N|auto, the same on every command that runs a model."""
+    from magvit2.ops.threads import THREADS_HELP, available_cpus
+
+    # None = auto; left None so that a training config's trainer.threads stands unless the flag is given
+    parser.add_argument("--threads", type=threads, default=None, help=THREADS_HELP.format(cores=available_cpus()))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from magvit2.cli.args import add_threads
+
 
 def demo(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
         from magvit2.demos.photos import run_demo, summary
 
-        metrics = run_demo(args.out, steps=args.steps, overrides=args.set or [], progress=not args.no_progress)
+        metrics = run_demo(
+            args.out, steps=args.steps, overrides=args.set or [], threads=args.threads, progress=not args.no_progress
+        )
         print(summary(metrics, args.out))
         return 0
     from magvit2.demos.digits import SampleSettings, run_digits_demo
@@ -25,7 +29,7 @@ def demo(args: argparse.Namespace) -> int:
         tokenizer_overrides=args.set or [],
         ar_overrides=args.ar_set or [],
         sampling=sampling,
-        threads=args.threads,
+        threads=args.threads or "auto",
         progress=not args.no_progress,
     )
     print(digits_summary(metrics, args.out))
@@ -54,8 +58,6 @@ def add_commands(commands) -> None:
     digits.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     digits.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     digits.add_argument("--seed", type=int, default=0, help="sampling seed (training seeds: the configs')")
-    digits.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: see magvit2/demos/digits.py)"
-    )
+    add_threads(d)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=demo)

@@ -5,26 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 
-from magvit2.cli.args import MODEL_HELP
+from magvit2.cli.args import MODEL_HELP, add_threads
 
 
 def eval_tokenizer(args: argparse.Namespace) -> int:
     from magvit2.checkpoints import load_checkpoint
     from magvit2.eval import evaluate_folder, write_report
+    from magvit2.ops.threads import using_threads
 
-    metrics = evaluate_folder(
-        load_checkpoint(args.model, device=args.device),
-        args.data,
-        size=args.size,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        inception=args.inception,
-        lpips_backbone=args.lpips_backbone,
-        lpips_heads=args.lpips_heads,
-        workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    model = load_checkpoint(args.model, device=args.device)
+    with using_threads(args.threads, model):
+        metrics = evaluate_folder(
+            model,
+            args.data,
+            size=args.size,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            inception=args.inception,
+            lpips_backbone=args.lpips_backbone,
+            lpips_heads=args.lpips_heads,
+            workers=args.workers,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     write_report(metrics, metrics.counts, args.out)
     print(json.dumps(metrics.to_dict(), indent=2))
     print(f"wrote {args.out}/metrics.json and codebook_usage.png")
@@ -46,5 +49,6 @@ def add_commands(commands) -> None:
     et.add_argument("--lpips-heads", default="auto", help="LPIPS head weights (default: the copy in torchmetrics)")
     et.add_argument("--workers", type=int, default=0)
     et.add_argument("--device", default="cpu")
+    add_threads(et)
     et.add_argument("--no-progress", action="store_true")
     et.set_defaults(func=eval_tokenizer)

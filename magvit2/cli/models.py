@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from magvit2.cli.args import MODEL_HELP, bits
+from magvit2.cli.args import MODEL_HELP, add_threads, bits
 
 
 def info(args: argparse.Namespace) -> int:
@@ -57,12 +57,14 @@ def _load_model(args: argparse.Namespace):
 
 
 def reconstruct(args: argparse.Namespace) -> int:
+    from magvit2.ops.threads import using_threads
     from magvit2.pipelines.reconstruct import reconstruct_files
 
     model = _load_model(args)
-    results = reconstruct_files(
-        model, args.images, args.out, size=args.size, device=args.device, progress=not args.no_progress
-    )
+    with using_threads(args.threads, model):
+        results = reconstruct_files(
+            model, args.images, args.out, size=args.size, device=args.device, progress=not args.no_progress
+        )
     width = max(len(r.source) for r in results)
     for r in results:
         print(f"{r.source:<{width}}  {r.height}x{r.width}  tokens {r.grid[0]}x{r.grid[1]}  PSNR {r.psnr:.2f} dB")
@@ -73,20 +75,23 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 
 def encode(args: argparse.Namespace) -> int:
+    from magvit2.ops.threads import using_threads
     from magvit2.pipelines.encode import encode_folder
 
-    summary = encode_folder(
-        _load_model(args),
-        args.data,
-        args.out,
-        size=None if args.size == 0 else args.size,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
-        model_source=str(args.model),
-    )
+    model = _load_model(args)
+    with using_threads(args.threads, model):
+        summary = encode_folder(
+            model,
+            args.data,
+            args.out,
+            size=None if args.size == 0 else args.size,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            device=args.device,
+            progress=not args.no_progress,
+            model_source=str(args.model),
+        )
     print(
         f"encoded {summary.num_images} images to {summary.grid[0]}x{summary.grid[1]} tokens in "
         f"{summary.num_shards} shard(s); index {summary.index}"
@@ -125,6 +130,7 @@ def add_commands(commands) -> None:
         help="resize shorter side + center crop to SIZE (default: native size cropped to the factor)",
     )
     rec.add_argument("--device", default="cpu")
+    add_threads(rec)
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.set_defaults(func=reconstruct)
 
@@ -137,5 +143,6 @@ def add_commands(commands) -> None:
     enc.add_argument("--shard-size", type=int, default=4096, help="images per shard")
     enc.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
     enc.add_argument("--device", default="cpu")
+    add_threads(enc)
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     enc.set_defaults(func=encode)

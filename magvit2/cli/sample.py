@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from magvit2.cli.args import floats, ints
+from magvit2.cli.args import add_threads, floats, ints
 
 
 def _classes(text: str, n_classes: int) -> list[int]:
@@ -22,24 +22,26 @@ def _classes(text: str, n_classes: int) -> list[int]:
 
 def sample(args: argparse.Namespace) -> int:
     from magvit2.checkpoints import load_ar_checkpoint
+    from magvit2.ops.threads import using_threads
     from magvit2.pipelines.sample import check_samples_path, sample_images, write_samples
 
     check_samples_path(args.out)  # before minutes of sampling
     transformer, tokenizer = load_ar_checkpoint(args.model, device=args.device)
     classes = _classes(args.classes, transformer.config.class_num)
-    images, labels = sample_images(
-        transformer,
-        tokenizer,
-        classes,
-        per_class=args.per_class,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-        cfg=args.cfg,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    with using_threads(args.threads, transformer, tokenizer):
+        images, labels = sample_images(
+            transformer,
+            tokenizer,
+            classes,
+            per_class=args.per_class,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+            cfg=args.cfg,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+        )
     out = write_samples(images, labels, args.out, per_row=args.per_class)
     print(f"{len(images)} images ({len(classes)} classes x {args.per_class}) -> {out}")
     return 0
@@ -58,5 +60,6 @@ def add_commands(commands) -> None:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--batch-size", type=int, default=50)
     s.add_argument("--device", default="cpu")
+    add_threads(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=sample)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from magvit2.cli.args import add_threads
+
 RUN_FLAGS = (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"), ("max_steps", "trainer.max_steps"),
-             ("accelerator", "trainer.accelerator"), ("precision", "trainer.precision"))  # fmt: skip
+             ("accelerator", "trainer.accelerator"), ("precision", "trainer.precision"),
+             ("threads", "trainer.threads"))  # fmt: skip
 
 
 def _run_overrides(args: argparse.Namespace, data_key: str) -> list[str]:
@@ -51,6 +54,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, *, precision: str, steps: st
     parser.add_argument("--precision", help=f"32-true, bf16-mixed or 16-mixed {precision}".strip())
     parser.add_argument("--max-steps", type=int, help=steps)
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    add_threads(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 

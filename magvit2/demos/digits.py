@@ -13,10 +13,8 @@ Pipeline, all in one process, nothing downloaded:
    accuracy is the share labelled as the class it was generated for (chance: 10%). For context the same classifier
    is scored on the real held-out digits and on the tokenizer's reconstructions of them.
 
-Everything runs on one thread by default: the models are so small that each op is too short to split, and on a
-shared 2-core machine OpenMP's spinning barriers make two threads far slower (an AR step: 4.1 s with 2 threads vs
-0.33 s with 1 with the load average at 9; one tokenizer step: 12 s vs 0.85 s). One thread also makes a run
-bit-reproducible: the same seed gives the same samples.
+Threads: `auto` (the default) runs these models, all under 5M parameters, on one thread (magvit2/ops/threads.py
+says why); one thread also makes a run bit-reproducible: the same seed gives the same samples.
 
 Output (demo-out/): samples.png (one row per class), reconstructions.png (held-out digits over their
 reconstructions), curves.png (tokenizer and AR losses, held-out PSNR), metrics.json (accuracies, per-class accuracy,
@@ -30,7 +28,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,7 @@ from magvit2.demos.digits_data import (
 )
 from magvit2.demos.plots import line_panels, read_metrics_csv
 from magvit2.eval.image_metrics import psnr, quantize_uint8
+from magvit2.ops.threads import parse_threads, using_threads
 from magvit2.pipelines.sample import sample_images
 from magvit2.train.ar.config import load_ar_config
 from magvit2.train.ar.fit import fit_ar
@@ -79,14 +77,14 @@ def _enlarged(grid: np.ndarray, path: Path, factor: int = 4) -> None:
     img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(path)
 
 
-def _last_log(run: Path) -> Path:
+def _last_log(run: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """The series of a run's latest metrics.csv; none when the run was too short to log a step."""
     logs = sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return logs[-1]
+    return read_metrics_csv(logs[-1]) if logs else {}
 
 
 def _curves(out: Path) -> None:
-    tok = read_metrics_csv(_last_log(out / "tokenizer-run"))
-    ar = read_metrics_csv(_last_log(out / "ar-run"))
+    tok, ar = _last_log(out / "tokenizer-run"), _last_log(out / "ar-run")
     panels = {f"tokenizer {k}": tok[k] for k in TOKENIZER_CURVES if k in tok}
     if "train/loss" in ar:
         panels["AR train/loss (CE pre + post)"] = ar["train/loss"]
@@ -101,20 +99,19 @@ def run_digits_demo(
     tokenizer_overrides: list[str] = (),
     ar_overrides: list[str] = (),
     sampling: SampleSettings | None = None,
-    threads: int = 1,
+    threads: int | str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns the metrics written to `<out_dir>/metrics.json`."""
     sampling = sampling or SampleSettings()
-    if threads < 1 or sampling.per_class < 1:
-        raise ValueError(f"threads and per_class must be >= 1, got {threads} and {sampling.per_class}")
+    parse_threads(threads)
+    if sampling.per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {sampling.per_class}")
     out = Path(out_dir)
     for stale in RUN_FOLDERS:  # a fresh run every time
         if (out / stale).exists():
             shutil.rmtree(out / stale)
     out.mkdir(parents=True, exist_ok=True)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     start = clock
@@ -125,46 +122,45 @@ def run_digits_demo(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    # the AR module holds the frozen tokenizer in eval mode on purpose
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-    try:
-        extra = [f"trainer.max_steps={tokenizer_steps}"] if tokenizer_steps is not None else []
-        tok_config = load_config("digits", [*tokenizer_overrides, *extra])
-        extra = [f"trainer.max_steps={ar_steps}"] if ar_steps is not None else []
-        ar_config = load_ar_config("ar-digits", [*ar_overrides, *extra])
-        size = tok_config.data.size
-        split = split_digits(load_digits(size), seed=tok_config.trainer.seed)
-        classifier = DigitClassifier(seed=tok_config.trainer.seed).fit(split.train)
-        real_accuracy = classifier.accuracy(split.heldout.images, split.heldout.labels)
-        lap("data_and_classifier")
+    extra = [f"trainer.max_steps={tokenizer_steps}"] if tokenizer_steps is not None else []
+    tok_config = load_config("digits", [*tokenizer_overrides, *extra, f"trainer.threads={threads}"])
+    extra = [f"trainer.max_steps={ar_steps}"] if ar_steps is not None else []
+    ar_config = load_ar_config("ar-digits", [*ar_overrides, *extra, f"trainer.threads={threads}"])
+    size = tok_config.data.size
+    split = split_digits(load_digits(size), seed=tok_config.trainer.seed)
+    classifier = DigitClassifier(seed=tok_config.trainer.seed).fit(split.train)
+    real_accuracy = classifier.accuracy(split.heldout.images, split.heldout.labels)
+    lap("data_and_classifier")
 
-        datamodule = DigitsDataModule(tok_config.data, split)
-        _, tok_module = fit_tokenizer(tok_config, out / "tokenizer-run", datamodule=datamodule, progress=progress)
-        tokenizer = tok_module.ema_tokenizer()
-        tokenizer.save_pretrained(out / "tokenizer")
-        lap("tokenizer_training")
+    datamodule = DigitsDataModule(tok_config.data, split)
+    _, tok_module = fit_tokenizer(tok_config, out / "tokenizer-run", datamodule=datamodule, progress=progress)
+    tokenizer = tok_module.ema_tokenizer()
+    tokenizer.save_pretrained(out / "tokenizer")
+    lap("tokenizer_training")
 
-        bits = ar_config.ar_config().factorized_bits
-        with torch.inference_mode():
-            train_tokens = encode_digits(tokenizer, split.train.images)
-            heldout_tokens = encode_digits(tokenizer, split.heldout.images)
-            recon = torch.cat([tokenizer.decode_indices(t) for t in heldout_tokens.split(256)])
-        write_digit_tokens(
-            train_tokens, split.train.labels, out / "tokens", tokenizer=tokenizer, model_source=str(out / "tokenizer")
-        )
-        heldout_u8, recon_u8 = to_uint8(split.heldout.images), to_uint8(recon)
-        recon_psnr = _psnr(split.heldout.images, recon)
-        recon_accuracy = classifier.accuracy(recon, split.heldout.labels)
-        lap("encode")
+    bits = ar_config.ar_config().factorized_bits
+    with torch.inference_mode(), using_threads(threads, tokenizer):
+        train_tokens = encode_digits(tokenizer, split.train.images)
+        heldout_tokens = encode_digits(tokenizer, split.heldout.images)
+        recon = torch.cat([tokenizer.decode_indices(t) for t in heldout_tokens.split(256)])
+    write_digit_tokens(
+        train_tokens, split.train.labels, out / "tokens", tokenizer=tokenizer, model_source=str(out / "tokenizer")
+    )
+    heldout_u8, recon_u8 = to_uint8(split.heldout.images), to_uint8(recon)
+    recon_psnr = _psnr(split.heldout.images, recon)
+    recon_accuracy = classifier.accuracy(recon, split.heldout.labels)
+    lap("encode")
 
-        ar_config.data.tokens = str(out / "tokens")
-        _, ar_module = fit_ar(ar_config, out / "ar-run", progress=progress)
-        transformer = ar_module.transformer.eval()
-        ar_tokenizer = ar_module.first_stage_model  # the same weights, with the AR's (pre, post) split
+    ar_config.data.tokens = str(out / "tokens")
+    _, ar_module = fit_ar(ar_config, out / "ar-run", progress=progress)
+    transformer = ar_module.transformer.eval()
+    ar_tokenizer = ar_module.first_stage_model  # the same weights, with the AR's (pre, post) split
+    with using_threads(threads, transformer):
         heldout_loss = _ar_loss(transformer, heldout_tokens, split.heldout.labels, bits)
-        lap("ar_training")
+    lap("ar_training")
 
-        classes = list(range(NUM_CLASSES))
+    classes = list(range(NUM_CLASSES))
+    with using_threads(threads, transformer, ar_tokenizer) as sampling_threads:
         images, labels = sample_images(
             transformer,
             ar_tokenizer,
@@ -178,19 +174,17 @@ def run_digits_demo(
             top_k=sampling.top_k,
             top_p=sampling.top_p,
         )
-        lap("sampling")
+    lap("sampling")
 
-        report = class_report(classifier.predict(images), labels)
-        np.savez(out / "samples.npz", images, labels)
-        # grey frames: the digits' black backgrounds would otherwise run together
-        _enlarged(grid(images, sampling.per_class, pad=1), out / "samples.png")
-        shown = np.concatenate([np.flatnonzero(split.heldout.labels.numpy() == c)[:2] for c in classes])
-        pairs = np.concatenate([heldout_u8[shown], recon_u8[shown]])
-        _enlarged(grid(pairs, len(shown), pad=1), out / "reconstructions.png")
-        _curves(out)
-        lap("scoring_and_plots")
-    finally:
-        torch.set_num_threads(previous_threads)
+    report = class_report(classifier.predict(images), labels)
+    np.savez(out / "samples.npz", images, labels)
+    # grey frames: the digits' black backgrounds would otherwise run together
+    _enlarged(grid(images, sampling.per_class, pad=1), out / "samples.png")
+    shown = np.concatenate([np.flatnonzero(split.heldout.labels.numpy() == c)[:2] for c in classes])
+    pairs = np.concatenate([heldout_u8[shown], recon_u8[shown]])
+    _enlarged(grid(pairs, len(shown), pad=1), out / "reconstructions.png")
+    _curves(out)
+    lap("scoring_and_plots")
     timings["total"] = round(time.perf_counter() - start, 2)
 
     used = int(torch.unique(train_tokens).numel())
@@ -219,7 +213,7 @@ def run_digits_demo(
         "sampling": {**dataclasses.asdict(sampling), "classes": NUM_CLASSES, "samples": int(len(labels))},
         "digits": {"image_size": size, "train": len(split.train.labels), "heldout": len(split.heldout.labels)},
         "timings_s": timings,
-        "threads": threads,
+        "threads": sampling_threads,
         "configs": {"tokenizer": tok_config.to_dict(), "ar": ar_config.to_dict()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
@@ -52,18 +51,19 @@ def run_demo(
     *,
     steps: int | None = None,
     overrides: list[str] = (),
+    threads: int | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train + evaluate the tiny tokenizer on the embedded photographs; returns the metrics written to JSON."""
+    """Train + evaluate the tiny tokenizer on the embedded photographs; returns the metrics written to JSON.
+    threads: CPU threads (None: the config's trainer.threads, auto)."""
     out = Path(out_dir)
     for stale in ("checkpoints", "logs", "images", "report"):  # a fresh run every time
         if (out / stale).exists():
             shutil.rmtree(out / stale)
     extra = [f"trainer.max_steps={steps}"] if steps is not None else []
-    config = load_config("tiny", [*overrides, *extra])
+    config = load_config("tiny", [*overrides, *extra, *([f"trainer.threads={threads}"] if threads else [])])
     datamodule = PhotoDataModule(config.data, seed=config.trainer.seed)
     evaluation = HeldOutEvaluation()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     trainer, module = fit_tokenizer(config, out, datamodule=datamodule, progress=progress, callbacks=[evaluation])
     seconds = time.perf_counter() - start

@@ -32,6 +32,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -88,7 +89,13 @@ def _has_kernel(op: str, key: str) -> bool:
 
 
 def _load_cpu_ext() -> str:
-    importlib.import_module("magvit2._C")
+    try:
+        importlib.import_module("magvit2._C")
+    except ImportError as exc:
+        # setup.py's PurePythonBuild leaves this file: the extension is absent on purpose, no fallback to warn about
+        if (Path(__file__).resolve().parents[1] / "_pure_python").is_file():
+            raise Unsupported("not built: a pure-Python install (MAGVIT2_BUILD_EXT=0)") from exc
+        raise
     return f"compiled extension magvit2._C ({torch.get_num_threads()} threads)"
 
 
@@ -182,6 +189,7 @@ class DeviceTable:
     ops: dict[str, str]  # op -> the backend serving it ("none": no kernel and no reference)
     missing: dict[str, str]  # op -> why its backend of choice lacks it (a stale build), for ops declared for here
     skipped: list[str]  # why the backends before the chosen ones could not load
+    unsupported: frozenset[str] = frozenset()  # of those, the ones absent on purpose (Unsupported): no warning
 
 
 def _select_device(device: str, forced: str | None) -> DeviceTable:
@@ -192,6 +200,7 @@ def _select_device(device: str, forced: str | None) -> DeviceTable:
     pending = list(OPS)
     served: dict[str, str] = {}
     skipped: list[str] = []
+    unsupported: set[str] = set()
     choice: Choice | None = None
     missing: dict[str, str] = {}
     for candidate in candidates:
@@ -204,6 +213,8 @@ def _select_device(device: str, forced: str | None) -> DeviceTable:
             if candidate == forced:
                 raise RuntimeError(f"{ENV} asks for {forced!r} on {device}, which cannot run: {exc}") from exc
             skipped.append(f"{candidate} unavailable: {exc}")
+            if isinstance(exc, Unsupported):
+                unsupported.add(candidate)
             continue
         got = BACKENDS[candidate].register(wanted)
         if candidate == forced and not got and forced != "reference":
@@ -223,7 +234,7 @@ def _select_device(device: str, forced: str | None) -> DeviceTable:
         served[op] = NONE
     if choice is None:
         choice = Choice("reference", "plain-torch reference" + "".join(f"; {s}" for s in skipped))
-    return DeviceTable(choice, served, missing, skipped)
+    return DeviceTable(choice, served, missing, skipped, frozenset(unsupported))
 
 
 def select(env_value: str | None = None) -> dict[str, DeviceTable]:
@@ -239,9 +250,10 @@ def select(env_value: str | None = None) -> dict[str, DeviceTable]:
         lost = [op for op, backend in t.ops.items() if backend in ("reference", NONE) and device in OPS[op].kernels]
         if lost:
             reasons = sorted({t.missing[op] for op in lost if op in t.missing})
-            if t.choice.backend == "reference":
-                reasons = t.skipped + reasons
-            fallbacks.append(f"{device}: {'; '.join(reasons)}")
+            if t.choice.backend == "reference":  # a backend absent on purpose (Unsupported) is no fallback
+                reasons = [s for s in t.skipped if s.split(" ", 1)[0] not in t.unsupported] + reasons
+            if reasons:
+                fallbacks.append(f"{device}: {'; '.join(reasons)}")
     if fallbacks:
         warnings.warn(
             "magvit2: falling back to the plain-torch reference (" + " | ".join(fallbacks) + ")",

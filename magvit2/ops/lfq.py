@@ -126,10 +126,29 @@ def lfq_codebook_average(z: torch.Tensor, inv_temperature: float = 100.0) -> tor
 
 def _all_reduce_average(avg: torch.Tensor, n: int, group) -> torch.Tensor:
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
 
     total = torch.tensor([float(n)], dtype=avg.dtype, device=avg.device)
     dist.all_reduce(total, group=group)
-    # The functional all_reduce carries gradients back to every rank (a plain all_reduce would drop them).
-    summed = dist_fn.all_reduce(avg * n, group=group)
-    return summed / total.clamp_min(1.0)
+    return _AllReduceSum.apply(avg * n, group) / total.clamp_min(1.0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of `group` that carries gradients back to every rank: d(sum)/d(x_r) = the sum of the
+    ranks' upstream gradients (a plain all_reduce would drop them; torch.distributed.nn's warns it is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None

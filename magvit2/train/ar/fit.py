@@ -67,6 +67,7 @@ def fit_ar(
         callbacks=list(callbacks),
         progress=progress,
         steps_per_batch=1,
+        what="AR training",
         gradient_clip_val=config.optim.grad_clip or None,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, out))

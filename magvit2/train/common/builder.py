@@ -15,9 +15,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from magvit2.ops.threads import resolve_threads
 from magvit2.train.common.io import AtomicCheckpointIO
+from magvit2.train.common.progress import StepProgress, quiet_lightning
 from magvit2.train.common.resume import DataPosition, RngState
 
 
@@ -31,6 +33,23 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
         super().on_train_end(trainer, pl_module)
+
+
+class CpuThreads(Callback):
+    """Sets each process's torch CPU threads from trainer.threads once the module is known (auto: by its size, the
+    CPUs shared among the processes of this node; magvit2/ops/threads.py), and restores the count afterwards."""
+
+    def __init__(self, threads: int | str) -> None:
+        self.threads, self.previous = threads, None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(resolve_threads(self.threads, pl_module, processes=trainer.num_devices))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.previous is not None:
+            torch.set_num_threads(self.previous)
+            self.previous = None
 
 
 def _uses_npu(name: str) -> bool:
@@ -51,11 +70,12 @@ def build_trainer(
     strategy: Any = None,
     steps_per_batch: int = 1,
     gradient_clip_val: float | None = None,
+    what: str = "training",
 ) -> L.Trainer:
     """The Lightning Trainer of a run: loggers, step checkpoints (atomic, weights-only on resume), the resumable data
     position and RNG states, DDP when more than one process, NPU and CPU fp16 precision plugins, and the trainer's
     own `callbacks`. steps_per_batch: optimizer steps Lightning counts per training batch (2 for the tokenizer's G
-    and D updates)."""
+    and D updates). Prints one progress bar in training steps (`what` names the run), none of Lightning's chatter."""
     t = config.trainer
     out = Path(out_dir)
     version = next_log_version(out / "logs")  # both loggers write logs/version_N (a resumed run: the next N)
@@ -92,12 +112,8 @@ def build_trainer(
 
         # D-step backwards leave the tokenizer unused and vice versa: the official run uses the same flag.
         strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=backend)
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*Total length of .list. across ranks is zero.*")  # no val folder
-    bars = [TQDMProgressBar(refresh_rate=10)] if progress else []
+    quiet_lightning()
+    bars = [StepProgress(steps_per_batch=steps_per_batch, what=what)] if progress else []
     return L.Trainer(
         default_root_dir=out,
         accelerator=accelerator,
@@ -114,9 +130,9 @@ def build_trainer(
         val_check_interval=t.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=loggers,
-        callbacks=[checkpoints, DataPosition(), RngState(), *bars, *callbacks],
+        callbacks=[checkpoints, DataPosition(), RngState(), CpuThreads(t.threads), *bars, *callbacks],
         use_distributed_sampler=False,  # ResumableLoader shards by rank itself, in a resumable order
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # StepProgress instead
         enable_model_summary=False,
         deterministic=False,
     )

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from magvit2.ops.threads import parse_threads
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 KINDS = ("tokenizer", "ar")
 
@@ -30,6 +32,7 @@ class TrainerConfig:
     val_every_n_steps: int | None = None  # validate every N training steps instead of at epoch ends
     grid_images: int = 8
     max_nonfinite_skips: int = 10  # consecutive NaN/inf losses skipped (no update) before the run stops
+    threads: int | str = "auto"  # CPU threads per process; auto: by model size (magvit2/ops/threads.py)
 
     def __post_init__(self) -> None:
         if self.val_every_n_steps is not None and (
@@ -40,6 +43,10 @@ class TrainerConfig:
             )
         if not isinstance(self.max_nonfinite_skips, int) or self.max_nonfinite_skips < 0:
             raise ValueError(f"trainer.max_nonfinite_skips must be an int >= 0, got {self.max_nonfinite_skips!r}")
+        try:
+            parse_threads(self.threads)
+        except ValueError as e:
+            raise ValueError(f"trainer.{e}") from None
         if self.max_epochs == -1 and self.max_steps == -1:
             raise ValueError("trainer: set max_epochs or max_steps (both are -1)")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):

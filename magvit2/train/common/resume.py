@@ -66,6 +66,13 @@ class ResumableLoader(DataLoader):
             len(dataset), shuffle=shuffle, seed=seed, drop_last=drop_last,
             with_epoch=getattr(dataset, "takes_epoch", False),
         )  # fmt: skip
+        if drop_last and shuffle and len(sampler) < batch_size:  # training: no batch at all, the run would do nothing
+            world = _rank_world()[1]
+            per_rank = f" per process ({world} processes)" if world > 1 else ""
+            raise ValueError(
+                f"data: {len(sampler)} training items{per_rank} are fewer than one batch (data.batch_size="
+                f"{batch_size}); lower data.batch_size or add data"
+            )
         # its own generator: creating an iterator then draws the workers' base seed without touching the global RNG
         generator = torch.Generator().manual_seed(seed)
         super().__init__(

@@ -91,6 +91,7 @@ def fit_tokenizer(
         progress=progress,
         strategy=strategy,
         steps_per_batch=OPTIMIZERS_PER_STEP,
+        what="tokenizer training",
     )
     if trainer.is_global_zero:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
