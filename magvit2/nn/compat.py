@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magvit2 import ops
-from magvit2.ops.lfq import MAX_ENTROPY_BITS
+from magvit2.ops.lfq import MAX_ENTROPY_BITS, all_reduce_sum
 
 LOG_CLAMP = 1e-5  # vector-quantize-pytorch's log(t.clamp(min=1e-5)) in both entropies
 
@@ -370,6 +370,4 @@ def _distributed_mean(avg: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return avg
-    import torch.distributed.nn.functional as dist_fn
-
-    return dist_fn.all_reduce(avg) / dist.get_world_size()
+    return all_reduce_sum(avg) / dist.get_world_size()

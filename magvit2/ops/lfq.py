@@ -129,7 +129,13 @@ def _all_reduce_average(avg: torch.Tensor, n: int, group) -> torch.Tensor:
 
     total = torch.tensor([float(n)], dtype=avg.dtype, device=avg.device)
     dist.all_reduce(total, group=group)
-    return _AllReduceSum.apply(avg * n, group) / total.clamp_min(1.0)
+    return all_reduce_sum(avg * n, group) / total.clamp_min(1.0)
+
+
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum of `x` over the ranks of `group` (None: the default group), differentiable: every rank's gradient
+    reaches every rank."""
+    return _AllReduceSum.apply(x, group)
 
 
 class _AllReduceSum(torch.autograd.Function):

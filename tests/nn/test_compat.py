@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.distributed
-import torch.distributed.nn.functional
 import vector_quantize_pytorch as vqp
 from torch import nn
 
@@ -202,31 +201,41 @@ def test_image_mask_in_either_shape():
     assert not torch.equal(flat.batch_entropy, unmasked.batch_entropy)
 
 
-def test_ddp_batch_entropy_is_the_mean_of_the_ranks_averages(monkeypatch):
-    """Two ranks of equal batches, simulated: the all-reduce adds the other rank's average (as a constant). The batch
-    entropy is then theirs on the concatenated batch (theirs 1.32.0 discards its all-reduce's result and divides the
-    local average by the world size); the per-sample term stays this rank's."""
-    theirs, ours = pair(codebook_size=2**8, num_codebooks=2)  # dim 16, no projections
+def _ddp_worker(rank: int, init_file: str, x_full: torch.Tensor, out: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        _, ours = pair(codebook_size=2**8, num_codebooks=2)
+        x = x_full[rank * 2 : rank * 2 + 2].clone().requires_grad_()
+        (_, _, aux), breakdown = ours(x, return_loss_breakdown=True)
+        aux.backward()
+        out[rank] = ([t.detach() for t in breakdown], x.grad)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_batch_entropy_is_the_global_batchs_over_real_gloo_ranks(tmp_path):
+    """Two real processes (gloo), two sequences each: every rank's batch entropy is theirs on the concatenated batch
+    (theirs 1.32.0 discards its all-reduce's result and divides the local average by the world size), the per-sample
+    term stays the rank's own, and the DDP average of the ranks' input gradients is theirs on the whole batch."""
+    import torch.multiprocessing as mp
+
+    theirs, _ = pair(codebook_size=2**8, num_codebooks=2)  # dim 16, no projections
     x = seq(16, n=12, b=4, scale=0.1)
-    *_, bd_all, _ = run(theirs, x)
-    *_, bd_rank0, _ = run(theirs, x[:2])
-    other = x[2:].reshape(-1, 2, 8)  # the other rank's tokens, per codebook
-    other_avg = torch.stack([magvit2.ops.lfq_codebook_average(other[:, g], 100.0) for g in (0, 1)])
-    reduced = []
-
-    def all_reduce(t, *args, **kwargs):
-        reduced.append(t)
-        return t + other_avg
-
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
-    monkeypatch.setattr(torch.distributed.nn.functional, "all_reduce", all_reduce)
-    _, _, aux, bd_o, grad = run(ours, x[:2])
-    assert len(reduced) == 1 and reduced[0].shape == (2, 16, 16)
-    torch.testing.assert_close(bd_o[1], bd_all[1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bd_o[0], bd_rank0[0], rtol=1e-5, atol=1e-6)
-    assert abs(bd_all[1].item() - bd_rank0[1].item()) > 0.1  # the global and local batch entropies differ here
-    assert torch.isfinite(grad).all() and grad.abs().max() > 0
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), x, out), nprocs=2, join=True)
+    x_all = x.clone().requires_grad_()
+    (_, _, aux_all), bd_all = theirs(x_all, return_loss_breakdown=True)
+    aux_all.backward()
+    for rank in range(2):
+        breakdown, _ = out[rank]
+        bd_rank = theirs(x[rank * 2 : rank * 2 + 2], return_loss_breakdown=True)[1]
+        torch.testing.assert_close(breakdown[1], bd_all[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(breakdown[0], bd_rank[0], rtol=1e-5, atol=1e-6)
+        assert abs(bd_all[1].item() - bd_rank[1].item()) > 0.1  # the global and local batch entropies differ here
+    grad_ddp = torch.cat([out[r][1] for r in range(2)]) / 2  # DDP averages the ranks' gradients
+    scale = x_all.grad.abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(grad_ddp, x_all.grad, rtol=0, atol=1e-4 * scale)  # float32 sums in other orders
 
 
 PROJECTED = [
