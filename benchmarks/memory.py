@@ -1,6 +1,8 @@
 """Peak resident memory of one entropy forward+backward, above the process's own baseline, in a fresh process.
 
-    python benchmarks/memory.py ours|reference|naive N [K]
+    python benchmarks/memory.py ours|reference|naive|compat|vqp N [K]
+
+compat / vqp: magvit2.compat.LFQ / vector-quantize-pytorch's LFQ (training mode, aux loss) on (1, N, K) tokens.
 
 Prints `PEAK_MIB <float>`. The high-water mark is reset (/proc/self/clear_refs = 5) after imports, inputs and a small
 warm-up call, so the figure is what the call itself adds: its tensors, autograd saves and workspaces.
@@ -30,9 +32,26 @@ def _fwd_bwd(kind: str, z):
         ps, cb, _ = reference.lfq_entropy(z, 100.0, 1e-5)
     elif kind == "naive":
         ps, cb = reference.lfq_entropy_naive(z, 100.0, 1e-5)
+    elif kind in ("compat", "vqp"):
+        lfq_aux(kind, z).backward()
+        return
     else:
-        raise ValueError(f"kind must be ours, reference or naive, got {kind!r}")
+        raise ValueError(f"kind must be ours, reference, naive, compat or vqp, got {kind!r}")
     (ps - cb).backward()
+
+
+_LFQ = {}
+
+
+def lfq_aux(kind: str, z):
+    """The aux loss of vector-quantize-pytorch's LFQ (vqp) or ours with its API (compat) on (1, N, K) tokens."""
+    if (kind, z.shape[1]) not in _LFQ:
+        if kind == "vqp":
+            from vector_quantize_pytorch import LFQ
+        else:
+            from magvit2.compat import LFQ
+        _LFQ[kind, z.shape[1]] = LFQ(dim=z.shape[1], entropy_loss_weight=0.1, diversity_gamma=1.0)
+    return _LFQ[kind, z.shape[1]](z[None], inv_temperature=100.0).entropy_aux_loss
 
 
 def main(kind: str, n: int, k: int = 18) -> float:
