@@ -59,17 +59,19 @@ def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
     return proc
 
 
-def _check_output(proc: subprocess.CompletedProcess, *, steps: int, kind: str, processes: int, threads: int) -> None:
+def _check_output(
+    proc: subprocess.CompletedProcess, *, steps: int, kind: str, processes: int, threads: int, start: int = 0
+) -> None:
     both = proc.stdout + proc.stderr
     found = [noise for noise in NOISE if noise in both]
     assert not found, f"noise {found} in:\n{both[-3000:]}"
     assert proc.stdout.strip().splitlines()[-1].startswith(f"trained {steps} steps; checkpoints in ")
-    start = f"{kind} training on cpu: {processes} process(es), {threads} CPU thread(s) each; steps 0 -> {steps}"
-    assert proc.stderr.count(start) == 1, proc.stderr[-3000:]
+    line = f"{kind} training on cpu: {processes} process(es), {threads} CPU thread(s) each; steps {start} -> {steps}"
+    assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
     frames = [f for f in re.split(r"[\r\n]+", proc.stderr) if f.startswith("train:")]
     totals = {re.search(r"\| *\d+/(\S+) \[", f).group(1) for f in frames}
     assert totals == {str(steps)}, frames  # one bar, its true total from the first frame on (no "0/?")
-    assert any(f" {steps}/{steps} [" in f for f in frames)
+    assert any(f" {steps}/{steps} [" in f for f in frames) and f" {start}/{steps} [" in frames[0]
 
 
 @pytest.mark.slow
@@ -88,13 +90,14 @@ def test_tokenizer_training_under_ddp_prints_one_bar_and_no_noise(photos, tmp_pa
 @pytest.mark.slow
 def test_ar_training_on_the_fly_prints_one_bar_and_no_noise(photos, tmp_path):
     # the AR module holds its frozen tokenizer in eval mode (Lightning warned about it); --threads 2 is obeyed
-    proc = _run(
-        ["train", "ar", "--config", "ar-tiny", "--data", str(photos / "images"), "--tokenizer",
-         str(photos / "tokenizer"), "--out", str(tmp_path / "run"), "--max-steps", "5", "--set", "data.size=32",
-         "--set", "data.batch_size=8", "--threads", "2"],
-        tmp_path,
-    )  # fmt: skip
-    _check_output(proc, steps=5, kind="AR", processes=1, threads=2)
+    args = ["train", "ar", "--config", "ar-tiny", "--data", str(photos / "images"), "--tokenizer",
+            str(photos / "tokenizer"), "--out", str(tmp_path / "run"), "--set", "data.size=32",
+            "--set", "data.batch_size=8"]  # fmt: skip
+    _check_output(_run([*args, "--max-steps", "5", "--threads", "2"], tmp_path), steps=5, kind="AR", processes=1,
+                  threads=2)  # fmt: skip
+    # resumed: the bar starts at the checkpoint's step, and no warning that the checkpoint folder is not empty
+    proc = _run([*args, "--max-steps", "7", "--resume", "auto"], tmp_path)
+    _check_output(proc, steps=7, kind="AR", processes=1, threads=1, start=5)
 
 
 def test_a_folder_smaller_than_one_batch_is_a_one_line_error(photos, tmp_path):

@@ -61,6 +61,7 @@ def fit_ar(
     else:
         tokenizer = ar_tokenizer(config.data.tokenizer, bits)
     module = ARModule(config, tokenizer)
+    ckpt_path = resolve_resume(resume, out)
     trainer = build_trainer(
         config,
         out,
@@ -68,7 +69,8 @@ def fit_ar(
         progress=progress,
         steps_per_batch=1,
         what="AR training",
+        resuming=ckpt_path is not None,
         gradient_clip_val=config.optim.grad_clip or None,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, out))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, module

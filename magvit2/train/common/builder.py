@@ -27,6 +27,15 @@ class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes the final state when the run ends between two checkpoint steps (Lightning
     writes last.ckpt at the end only if it never wrote one), so a finished run's last.ckpt is its last step."""
 
+    def __init__(self, *, resuming: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resuming = resuming
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:
+        # Lightning warns about a non-empty checkpoint folder: a resumed run writes beside its own checkpoints
+        if not self.resuming:
+            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
+
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > self._last_global_step_saved:
             candidates = self._monitor_candidates(trainer)
@@ -71,11 +80,13 @@ def build_trainer(
     steps_per_batch: int = 1,
     gradient_clip_val: float | None = None,
     what: str = "training",
+    resuming: bool = False,
 ) -> L.Trainer:
     """The Lightning Trainer of a run: loggers, step checkpoints (atomic, weights-only on resume), the resumable data
     position and RNG states, DDP when more than one process, NPU and CPU fp16 precision plugins, and the trainer's
     own `callbacks`. steps_per_batch: optimizer steps Lightning counts per training batch (2 for the tokenizer's G
-    and D updates). Prints one progress bar in training steps (`what` names the run), none of Lightning's chatter."""
+    and D updates). Prints one progress bar in training steps (`what` names the run), none of Lightning's chatter.
+    resuming: the run continues from a checkpoint in out_dir (no warning that its checkpoint folder is not empty)."""
     t = config.trainer
     out = Path(out_dir)
     version = next_log_version(out / "logs")  # both loggers write logs/version_N (a resumed run: the next N)
@@ -83,6 +94,7 @@ def build_trainer(
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="logs", version=version, default_hp_metric=False))
     checkpoints = StepCheckpoint(
+        resuming=resuming,
         dirpath=out / "checkpoints",
         filename="step-{batches:06.0f}",
         auto_insert_metric_name=False,

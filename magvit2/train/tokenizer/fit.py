@@ -84,6 +84,7 @@ def fit_tokenizer(
     module = TokenizerModule(config)
     t = config.trainer
     grids = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
+    ckpt_path = resolve_resume(resume, out)
     trainer = build_trainer(
         config,
         out,
@@ -92,8 +93,9 @@ def fit_tokenizer(
         strategy=strategy,
         steps_per_batch=OPTIMIZERS_PER_STEP,
         what="tokenizer training",
+        resuming=ckpt_path is not None,
     )
     if trainer.is_global_zero:
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(resume, out))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, module
