@@ -4,6 +4,11 @@ The file holds `transformer.*` and the tokenizer under `first_stage_model.*` (re
 weights-only load: the tokenizer with its raw weights and the transformer's token split ((6, 12)), as the official
 sampler uses them. Our AR format is a folder: `transformer.json` + `transformer.safetensors` beside a tokenizer's
 `config.json` + `model.safetensors`.
+
+Class names: a model of `magvit2 train ar` knows the names of the classes it was trained on (its data's folder
+names, id order), under "magvit2" -> "class_names" in its checkpoints and as "class_names" in `transformer.json`;
+only ids 0 .. len(class_names) - 1 were trained. Official checkpoints (and older files) have none: None, every id
+below class_num is valid.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,6 +37,13 @@ TRANSFORMER_PREFIX = "transformer."
 AR_CONFIG_NAME, AR_WEIGHTS_NAME = "transformer.json", "transformer.safetensors"
 AR_FORMAT_NAME, AR_FORMAT_VERSION = "magvit2-ar", 1
 HEADS_BY_DIM = {c.dim: c.n_head for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
+CLASS_NAMES_KEY = "class_names"
+
+
+class ARModel(NamedTuple):
+    transformer: ARTransformer
+    tokenizer: Tokenizer
+    class_names: list[str] | None  # the trained classes' names in id order; None: not known (all ids valid)
 
 
 def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
@@ -83,6 +95,22 @@ def stored_ar_fields(raw: object) -> dict[str, Any]:
     return {} if config is None else {"n_head": config.n_head, "block_size": config.block_size}
 
 
+def stored_class_names(raw: object) -> list[str] | None:
+    """The class names `magvit2 train ar` stores in its checkpoints under "magvit2"; None for other files."""
+    meta = raw.get("magvit2") if isinstance(raw, dict) else None
+    names = meta.get(CLASS_NAMES_KEY) if isinstance(meta, dict) and meta.get("kind") == "ar" else None
+    return None if names is None else checked_class_names(names, "the checkpoint's stored class names")
+
+
+def checked_class_names(names: object, origin: str, class_num: int | None = None) -> list[str]:
+    """`names` as a list of strings, at most `class_num` of them, or CheckpointError naming `origin`."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{origin}: class_names must be a list of strings, got {names!r:.80}")
+    if class_num is not None and len(names) > class_num:
+        raise CheckpointError(f"{origin}: {len(names)} class names for a model of {class_num} classes")
+    return names
+
+
 def transformer_from_state(
     sd: dict[str, Any], origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
 ) -> ARTransformer:
@@ -101,17 +129,31 @@ def load_ar_checkpoint(
     **config_overrides: Any,
 ) -> tuple[ARTransformer, Tokenizer]:
     """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint (or one of `magvit2 train ar`,
-    whose stored run config gives the head count and grid). `config_overrides` replace inferred ARConfig fields
-    (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
+    whose stored run config gives the head count and grid), or an AR model directory. `config_overrides` replace
+    inferred ARConfig fields (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
 
     Example:
         >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
     """
+    model = load_ar_model(path, device=device, **config_overrides)
+    return model.transformer, model.tokenizer
+
+
+def load_ar_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", **config_overrides: Any) -> ARModel:
+    """`load_ar_checkpoint` plus the class names stored with the model (None for official checkpoints).
+
+    Example:
+        >>> transformer, tokenizer, class_names = load_ar_model("ar-mine")  # doctest: +SKIP
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
-        return load_ar_pretrained(path, device=device)
-    # the AR configs build the tokenizer with use_ema: False
-    return ar_models(read_official(path, use_ema=False), path, device=device, **config_overrides)
+        return read_ar_pretrained(path, device=device)
+    file = read_official(path, use_ema=False)  # the AR configs build the tokenizer with use_ema: False
+    transformer, tokenizer = ar_models(file, path, device=device, **config_overrides)
+    names = stored_class_names(file.raw)
+    if names is not None:
+        names = checked_class_names(names, path, transformer.config.class_num)
+    return ARModel(transformer, tokenizer, names)
 
 
 def ar_transformer(
@@ -135,9 +177,14 @@ def ar_models(
     return transformer, tokenizer_from_state(file.tokenizer, origin, device=device, factorized_bits=bits)
 
 
-def save_ar_pretrained(transformer: ARTransformer, directory: str | os.PathLike) -> None:
-    """Write `transformer.json` + `transformer.safetensors` (beside a tokenizer's config.json + model.safetensors)."""
+def save_ar_pretrained(
+    transformer: ARTransformer, directory: str | os.PathLike, *, class_names: list[str] | None = None
+) -> None:
+    """Write `transformer.json` (the config, and `class_names` when known) + `transformer.safetensors` (beside a
+    tokenizer's config.json + model.safetensors)."""
     meta = {"format": AR_FORMAT_NAME, "format_version": AR_FORMAT_VERSION, **transformer.config.to_dict()}
+    if class_names is not None:
+        meta[CLASS_NAMES_KEY] = checked_class_names(list(class_names), "class_names", transformer.config.class_num)
     write_format_dir(directory, AR_CONFIG_NAME, AR_WEIGHTS_NAME, meta, transformer)
 
 
@@ -145,16 +192,25 @@ def load_ar_pretrained(
     directory: str | os.PathLike, *, device: str | torch.device = "cpu"
 ) -> tuple[ARTransformer, Tokenizer]:
     """(transformer, tokenizer) from a directory written by `magvit2 export AR.ckpt DIR` or `save_ar_pretrained`."""
+    model = read_ar_pretrained(directory, device=device)
+    return model.transformer, model.tokenizer
+
+
+def read_ar_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> ARModel:
+    """`load_ar_pretrained` plus the class names of `transformer.json` (None in directories without them)."""
     directory = os.fspath(directory)
     path = os.path.join(directory, AR_CONFIG_NAME)
     hint = f"an AR model directory holds {AR_CONFIG_NAME} and {AR_WEIGHTS_NAME} (magvit2 convert of an AR checkpoint)"
     meta = read_format_json(path, AR_FORMAT_NAME, AR_FORMAT_VERSION, hint)
+    names = meta.pop(CLASS_NAMES_KEY, None)
     try:
         config = ARConfig.from_dict(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if names is not None:
+        names = checked_class_names(names, path, config.class_num)
     weights = os.path.join(directory, AR_WEIGHTS_NAME)
     transformer = build_module(
         lambda: ARTransformer(config), load_safetensors(weights), weights, device, what="the AR transformer"
     )
-    return transformer, Tokenizer.from_pretrained(directory, device=device)
+    return ARModel(transformer, Tokenizer.from_pretrained(directory, device=device), names)

@@ -36,6 +36,10 @@ def export(args: argparse.Namespace) -> int:
         print(
             f"AR transformer: dim={t.dim} heads={t.n_head} layers={t.spatial_n_layer}+{t.factorized_n_layer}, {n:.1f}M"
         )
+        names = done.class_names
+        if names is not None:
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            print(f"trained on {len(names)} of its {t.class_num} class ids: {shown}")
     c = done.tokenizer.config
     params = sum(p.numel() for p in done.tokenizer.parameters()) / 1e6
     print(

@@ -7,27 +7,45 @@ import argparse
 from magvit2.cli.args import add_threads, floats, ints
 
 
-def _classes(text: str, n_classes: int) -> list[int]:
+def _classes(text: str, n_classes: int, names: list[str] | None = None) -> list[int]:
+    """Class ids of --classes: 'all' (the trained classes when the model stores their names, else every id), or
+    comma-separated ids and, when names are stored, names (a name wins over an id of the same spelling)."""
+    if names is not None:  # only the first len(names) ids were trained
+        n_classes = len(names)
     if text == "all":
         return list(range(n_classes))
-    try:
-        classes = [int(c) for c in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--classes: expected comma-separated class ids or 'all', got {text!r}") from None
+    index = {name: i for i, name in enumerate(names or [])}
+    classes = []
+    for item in (t.strip() for t in text.split(",")):
+        if item in index:
+            classes.append(index[item])
+            continue
+        try:
+            classes.append(int(item))
+        except ValueError:
+            if names is None:
+                raise ValueError(f"--classes: expected comma-separated class ids or 'all', got {text!r}") from None
+            raise ValueError(f"--classes: unknown class {item!r}; the model's classes are {_listing(names)}") from None
     bad = [c for c in classes if not 0 <= c < n_classes]
     if bad:
-        raise ValueError(f"--classes: ids must lie in [0, {n_classes}), got {bad}")
+        trained = f" (the model's classes: {_listing(names)})" if names is not None else ""
+        raise ValueError(f"--classes: ids must lie in [0, {n_classes}){trained}, got {bad}")
     return classes
 
 
+def _listing(names: list[str], show: int = 10) -> str:
+    shown = ", ".join(f"{i}: {name}" for i, name in enumerate(names[:show]))
+    return shown + (f", ... ({len(names)} in all)" if len(names) > show else "")
+
+
 def sample(args: argparse.Namespace) -> int:
-    from magvit2.checkpoints import load_ar_checkpoint
+    from magvit2.checkpoints import load_ar_model
     from magvit2.ops.threads import using_threads
     from magvit2.pipelines.sample import check_samples_path, sample_images, write_samples
 
     check_samples_path(args.out)  # before minutes of sampling
-    transformer, tokenizer = load_ar_checkpoint(args.model, device=args.device)
-    classes = _classes(args.classes, transformer.config.class_num)
+    transformer, tokenizer, names = load_ar_model(args.model, device=args.device)
+    classes = _classes(args.classes, transformer.config.class_num, names)
     with using_threads(args.threads, transformer, tokenizer):
         images, labels = sample_images(
             transformer,
@@ -42,7 +60,7 @@ def sample(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
         )
-    out = write_samples(images, labels, args.out, per_row=args.per_class)
+    out = write_samples(images, labels, args.out, per_row=args.per_class, class_names=names)
     print(f"{len(images)} images ({len(classes)} classes x {args.per_class}) -> {out}")
     return 0
 
@@ -50,7 +68,12 @@ def sample(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     s = commands.add_parser("sample", help="class-conditional images from an AR model: PNG grid or ADM .npz")
     s.add_argument("--model", required=True, help="official AR .ckpt or a directory from magvit2 export")
-    s.add_argument("--classes", required=True, help="comma-separated class ids, or 'all'")
+    s.add_argument(
+        "--classes",
+        required=True,
+        help="comma-separated class ids or names (models that store their classes' names), or 'all' (the trained "
+        "classes when stored, else every id)",
+    )
     s.add_argument("--per-class", type=int, default=1, help="images per class")
     s.add_argument("--out", required=True, help="grid.png or samples.npz (uint8 NHWC arr_0, labels arr_1)")
     s.add_argument("--cfg", type=floats, default=(1.9, 2.0), help="guidance scale pre,post (default 1.9,2.0: B)")

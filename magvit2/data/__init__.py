@@ -2,7 +2,7 @@
 indices (`tokens`). Models run over files in magvit2/pipelines."""
 
 from magvit2.data.datasets import CenterCropFolder, ImageFiles, LabeledCropFolder, RandomCropFolder
-from magvit2.data.images import grid, list_images, load_image, to_uint8, uint8_levels, usable_images
+from magvit2.data.images import contact_sheet, list_images, load_image, to_uint8, uint8_levels, usable_images
 from magvit2.data.tokens import TokenShards, TokenShardWriter, pack_groups, unpack_groups
 
 __all__ = [
@@ -12,7 +12,7 @@ __all__ = [
     "RandomCropFolder",
     "TokenShardWriter",
     "TokenShards",
-    "grid",
+    "contact_sheet",
     "list_images",
     "load_image",
     "pack_groups",

@@ -1,5 +1,5 @@
 """Image files <-> tensors in [-1, 1]: finding and opening files, the one rule for resize / crop / to-tensor, uint8
-conversion and picture grids.
+conversion and contact sheets (pictures of many images people can judge).
 
 Preprocessing follows the official data pipeline (reference/open-magvit2.md §3.5-3.6): resize the shorter side to
 `size` (PIL bilinear), then crop `size` x `size` (center for evaluation, random for training); pixels scale as
@@ -111,11 +111,22 @@ def load_or_next(paths: Sequence[Path], i: int, load):
     raise UnreadableImage(f"none of the {len(paths)} images can be decoded")
 
 
-def folder_labels(paths: Sequence[str | os.PathLike]) -> tuple[list[str], torch.Tensor]:
-    """Class names (sorted parent-folder names, as in the ImageNet layout) and the (N,) class id of each path."""
-    folders = [Path(p).parent.name for p in paths]
-    names = sorted(set(folders))
+def folder_class(path: str | os.PathLike) -> str:
+    """The class of an image file: its parent folder's name (the ImageNet layout)."""
+    return Path(path).parent.name
+
+
+def folder_labels(
+    paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None
+) -> tuple[list[str], torch.Tensor]:
+    """Class names and the (N,) class id of each path (its `folder_class`): the position of its class in `names`,
+    by default the sorted folder names (so ids 0, 1, ... in name order)."""
+    folders = [folder_class(p) for p in paths]
+    names = sorted(set(folders)) if names is None else list(names)
     ids = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(folders) - set(ids))
+    if unknown:
+        raise ValueError(f"folders {unknown[:5]} are not among the {len(names)} class names {names[:5]}...")
     return names, torch.tensor([ids[f] for f in folders], dtype=torch.long)
 
 
@@ -173,15 +184,70 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return uint8_levels(x).movedim(-3, -1).cpu().numpy()
 
 
-def grid(images: np.ndarray, per_row: int, *, pad: int = 0, pad_value: int = 64) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> one picture of rows of `per_row` images (a short last row is filled with `pad_value`),
-    each framed by `pad` pixels of `pad_value`."""
+SHEET_GAP = 4  # pixels between tiles and around them
+SHEET_GAP_VALUE = 128  # mid grey: stands out from black (digits) and white backgrounds alike
+SHEET_LABEL_CHARS = 24  # longer row labels are cut (ImageNet names run to 50+ characters)
+
+
+def contact_sheet(
+    images: np.ndarray,
+    per_row: int,
+    *,
+    row_labels: Sequence[str] | None = None,
+    min_tile: int = 64,
+    gap: int = SHEET_GAP,
+    gap_value: int = SHEET_GAP_VALUE,
+) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> one (H', W', 3) uint8 picture people can judge: rows of `per_row` tiles (a short last
+    row stays empty), `gap` pixels of grey `gap_value` between the tiles and around them, and `row_labels[r]` (black,
+    PIL's default font) in a margin at the left of row r.
+
+    Each image is enlarged by the smallest integer factor, nearest neighbour (the pixels stay honest), that makes its
+    shorter side at least `min_tile`; larger images keep their size. Example: 30 images of 16 x 16, 10 per row ->
+    3 rows of 64 x 64 tiles (x4), 10 * 64 + 11 * 4 = 684 pixels wide plus the label margin.
+    """
     images = np.asarray(images)
-    if pad:
-        images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=pad_value)
-    n, h, w, c = images.shape
-    rows = -(-n // per_row)
-    if rows * per_row != n:
-        fill = np.full((rows * per_row - n, h, w, c), pad_value if pad else 0, dtype=images.dtype)
-        images = np.concatenate([images, fill])
-    return images.reshape(rows, per_row, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, per_row * w, c)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0:
+        raise ValueError(f"contact_sheet: expected (N, H, W, 3) uint8 images, got {images.dtype} {images.shape}")
+    if per_row < 1 or gap < 0:
+        raise ValueError(f"contact_sheet: per_row must be >= 1 and gap >= 0, got {per_row} and {gap}")
+    n, h, w, _ = images.shape
+    rows, cols = -(-n // per_row), min(per_row, n)
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"contact_sheet: {len(row_labels)} row labels for {rows} rows")
+    factor = max(1, -(-min_tile // min(h, w)))
+    tiles = images.repeat(factor, axis=1).repeat(factor, axis=2)  # (N, h * factor, w * factor, 3)
+    th, tw = h * factor, w * factor
+    labels = [_cut(str(t)) for t in row_labels] if row_labels is not None else []
+    font = _label_font() if labels else None
+    boxes = [_text_box(font, t) for t in labels]  # (left, top, right, bottom) of each label's ink
+    margin = max(b[2] - b[0] for b in boxes) + gap if labels else 0
+    sheet = np.full((rows * (th + gap) + gap, margin + cols * (tw + gap) + gap, 3), gap_value, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, per_row)
+        top, left = gap + r * (th + gap), margin + gap + c * (tw + gap)
+        sheet[top : top + th, left : left + tw] = tile
+    if not labels:
+        return sheet
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(picture)
+    for r, (text, (x0, y0, _, y1)) in enumerate(zip(labels, boxes, strict=True)):
+        top = gap + r * (th + gap) + (th - (y1 - y0)) // 2  # centred on the row
+        draw.text((gap - x0, top - y0), text, fill=(0, 0, 0), font=font)
+    return np.asarray(picture)
+
+
+def _label_font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()  # built into PIL: no font file to find
+
+
+def _text_box(font, text: str) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in font.getbbox(text)) if text else (0, 0, 0, 0)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHEET_LABEL_CHARS else text[: SHEET_LABEL_CHARS - 3] + "..."

@@ -4,7 +4,9 @@ group indices into full code indices and back.
 Each shard holds one int32 tensor `indices` (n, h, w): the full LSB-first code index of every token (for a
 factorized tokenizer, pre + 2^bits[0] * post; `TokenShards.split` recovers the groups), and the source file names
 (relative to the data folder) in its metadata. `tokens.json` records the image size, token grid, preprocessing,
-the tokenizer config and the shard list.
+the tokenizer config, the shard list and `class_names`: the sorted parent-folder names of the sources, the class of
+id i being class_names[i] (the AR trainer's ids; folders written before this key existed give the same names from
+the sources).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from magvit2.data.images import folder_class, folder_labels
 
 INDEX_NAME = "tokens.json"
 FORMAT_NAME = "magvit2-tokens"
@@ -62,12 +66,14 @@ class TokenShardWriter:
         self.shards: list[dict[str, Any]] = []
         self._tokens: list[torch.Tensor] = []
         self._sources: list[str] = []
+        self._folders: set[str] = set()  # of every source written: the class names
         self.count = 0
 
     def add(self, indices: torch.Tensor, sources: Sequence[str]) -> None:
         for row, source in zip(indices.to(torch.int32).cpu(), sources, strict=True):
             self._tokens.append(row)
             self._sources.append(source)
+            self._folders.add(folder_class(source))
             if len(self._tokens) == self.shard_size:
                 self._flush()
 
@@ -86,7 +92,8 @@ class TokenShardWriter:
 
     def close(self) -> Path:
         self._flush()
-        index = {**self.meta, "num_images": self.count, "shards": self.shards}
+        names = sorted(self._folders)  # the order of folder_labels: id i = names[i]
+        index = {**self.meta, "num_images": self.count, "class_names": names, "shards": self.shards}
         path = self.out / INDEX_NAME
         path.write_text(json.dumps(index, indent=2))
         return path
@@ -135,6 +142,17 @@ class TokenShards(torch.utils.data.Dataset):
                 self._shards.append(f.get_tensor("indices"))
                 self.sources += json.loads(f.metadata()["sources"])
         self._all = torch.cat(self._shards) if self._shards else torch.empty(0, dtype=torch.int32)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in id order: stored in tokens.json, else (older folders) the sorted parent-folder names of
+        the sources, the same list."""
+        stored = self.meta.get("class_names")
+        return list(stored) if stored is not None else folder_labels(self.sources)[0]
+
+    def class_ids(self) -> torch.Tensor:
+        """(N,) int64 class id of each image: the position of its source's parent folder in `class_names`."""
+        return folder_labels(self.sources, self.class_names)[1]
 
     def __len__(self) -> int:
         return self._all.shape[0]

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from magvit2.data.images import grid, to_uint8
+from magvit2.data.images import contact_sheet, to_uint8
 from magvit2.data.tokens import unpack_groups
 from magvit2.demos.digits_data import (
     NUM_CLASSES,
@@ -49,7 +49,7 @@ from magvit2.demos.digits_data import (
 from magvit2.demos.plots import line_panels, read_metrics_csv
 from magvit2.eval.image_metrics import psnr, quantize_uint8
 from magvit2.ops.threads import parse_threads, using_threads
-from magvit2.pipelines.sample import sample_images
+from magvit2.pipelines.sample import sample_images, write_samples
 from magvit2.train.ar.config import load_ar_config
 from magvit2.train.ar.fit import fit_ar
 from magvit2.train.tokenizer.config import load_config
@@ -69,12 +69,10 @@ class SampleSettings:
     seed: int = 0
 
 
-def _enlarged(grid: np.ndarray, path: Path, factor: int = 4) -> None:
-    """16-pixel digits are hard to see: save enlarged (nearest neighbour keeps the pixels honest)."""
+def _save_png(picture: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    img = Image.fromarray(grid)
-    img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(path)
+    Image.fromarray(picture).save(path)
 
 
 def _last_log(run: Path) -> dict[str, tuple[list[float], list[float]]]:
@@ -154,6 +152,7 @@ def run_digits_demo(
     ar_config.data.tokens = str(out / "tokens")
     _, ar_module = fit_ar(ar_config, out / "ar-run", progress=progress)
     transformer = ar_module.transformer.eval()
+    class_names = ar_module.class_names  # "0" ... "9": the shards' folder names
     ar_tokenizer = ar_module.first_stage_model  # the same weights, with the AR's (pre, post) split
     with using_threads(threads, transformer):
         heldout_loss = _ar_loss(transformer, heldout_tokens, split.heldout.labels, bits)
@@ -177,12 +176,13 @@ def run_digits_demo(
     lap("sampling")
 
     report = class_report(classifier.predict(images), labels)
-    np.savez(out / "samples.npz", images, labels)
-    # grey frames: the digits' black backgrounds would otherwise run together
-    _enlarged(grid(images, sampling.per_class, pad=1), out / "samples.png")
+    # as `magvit2 sample` writes them: one row per digit, labelled with the class name the shards stored
+    write_samples(images, labels, out / "samples.npz")
+    write_samples(images, labels, out / "samples.png", per_row=sampling.per_class, class_names=class_names)
     shown = np.concatenate([np.flatnonzero(split.heldout.labels.numpy() == c)[:2] for c in classes])
     pairs = np.concatenate([heldout_u8[shown], recon_u8[shown]])
-    _enlarged(grid(pairs, len(shown), pad=1), out / "reconstructions.png")
+    sheet = contact_sheet(pairs, len(shown), row_labels=("held-out", "reconstruction"))
+    _save_png(sheet, out / "reconstructions.png")
     _curves(out)
     lap("scoring_and_plots")
     timings["total"] = round(time.perf_counter() - start, 2)

@@ -101,8 +101,9 @@ def encode_digits(tokenizer, images: torch.Tensor, *, batch_size: int = 256) -> 
 def write_digit_tokens(
     tokens: torch.Tensor, labels: torch.Tensor, out_dir: str | os.PathLike, *, tokenizer, model_source: str
 ) -> Path:
-    """Token shards as `magvit2 encode` writes them; source names `<class>/<index>` so that the AR trainer's
-    class ids (sorted parent-folder names) are the digits themselves. Returns the folder."""
+    """Token shards as `magvit2 encode` writes them; source names `<class>/<index>` so that the shards' class names
+    are "0" ... "9" and the AR trainer's class ids (sorted parent-folder names) the digits themselves. Returns the
+    folder."""
     n, h, w = tokens.shape
     f = tokenizer.downsample_factor
     preprocess = {"resize": "sklearn digits 8x8, bilinear upscale", "crop": None, "size": h * f}

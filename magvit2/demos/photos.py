@@ -72,7 +72,7 @@ def run_demo(
     report_dir = out / "report"
     write_report(final, final.counts, report_dir)
     shutil.copy(report_dir / "codebook_usage.png", out / "codebook_usage.png")
-    _upscaled(out / "images" / "final.png", out / "reconstructions.png")
+    shutil.copy(out / "images" / "final.png", out / "reconstructions.png")  # the trainer's labelled contact sheet
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     series = read_metrics_csv(logs[-1])
     line_panels({k: series[k] for k in CURVES if k in series}, out / "curves.png", smooth=10)
@@ -88,14 +88,6 @@ def run_demo(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def _upscaled(source: Path, target: Path, factor: int = 4) -> None:
-    """32-pixel crops are hard to see: save the grid enlarged (nearest neighbour keeps the pixels honest)."""
-    from PIL import Image
-
-    with Image.open(source) as img:
-        img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(target)
 
 
 def summary(metrics: dict[str, Any], out_dir: str | os.PathLike) -> str:

@@ -3,7 +3,8 @@
 
 The file is read once (AR checkpoints are GBs) and gives both models. The tokenizer takes the EMA weights unless
 told otherwise; its config comes from the one our tokenizer trainer stores in its checkpoints, else from the weight
-shapes; an AR checkpoint's tokenizer takes the transformer's sub-token split.
+shapes; an AR checkpoint's tokenizer takes the transformer's sub-token split. The class names a training
+checkpoint stores go into `transformer.json`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
-from magvit2.checkpoints.ar import ar_transformer, save_ar_pretrained
+from magvit2.checkpoints.ar import ar_transformer, save_ar_pretrained, stored_class_names
 from magvit2.checkpoints.image import read_official, stored_tokenizer_config, tokenizer_from_state
 from magvit2.nn.ar.transformer import ARTransformer
 from magvit2.nn.image.tokenizer import Tokenizer
@@ -27,6 +28,7 @@ class Converted(NamedTuple):
     is_ar: bool
     num_tensors: int  # tokenizer tensors taken from the file
     ignored: int  # other keys of the file (raw copies, loss.*, optimizer-free metadata)
+    class_names: list[str] | None  # of an AR model trained by `magvit2 train ar`; None otherwise
 
 
 def convert_checkpoint(
@@ -46,13 +48,16 @@ def convert_checkpoint(
     overrides = dataclasses.asdict(stored) if stored is not None else {}  # tuples stay tuples
     if factorized_bits != AUTO:
         overrides["factorized_bits"] = factorized_bits
-    transformer = None
+    transformer, names = None, None
     if file.tokenizer.is_ar:
         transformer = ar_transformer(file, path, **{k: v for k, v in ar_overrides.items() if v})
         overrides.setdefault("factorized_bits", transformer.config.factorized_bits)
     tokenizer = tokenizer_from_state(file.tokenizer, path, **overrides)
     tokenizer.save_pretrained(outdir)
     if transformer is not None:
-        save_ar_pretrained(transformer, outdir)
+        names = stored_class_names(file.raw)
+        save_ar_pretrained(transformer, outdir, class_names=names)
     loaded = file.tokenizer
-    return Converted(tokenizer, transformer, loaded.source, loaded.is_ar, len(loaded.state_dict), len(loaded.ignored))
+    return Converted(
+        tokenizer, transformer, loaded.source, loaded.is_ar, len(loaded.state_dict), len(loaded.ignored), names
+    )

@@ -1,5 +1,5 @@
-"""Class-conditional sampling to files: a PNG grid or an `.npz` in the ADM evaluator layout (uint8 NHWC `arr_0`,
-labels `arr_1`), behind `magvit2 sample`."""
+"""Class-conditional sampling to files: a PNG contact sheet (one labelled row per class) or an `.npz` in the ADM
+evaluator layout (uint8 NHWC `arr_0`, labels `arr_1`), behind `magvit2 sample`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from magvit2.data.images import grid, to_uint8
+from magvit2.data.images import contact_sheet, to_uint8
 from magvit2.data.tokens import pack_groups
 from magvit2.nn.ar.generation import generate
 
@@ -59,9 +59,16 @@ def check_samples_path(out: str | os.PathLike) -> Path:
 
 
 def write_samples(
-    images: np.ndarray, labels: np.ndarray, out: str | os.PathLike, *, per_row: int | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    out: str | os.PathLike,
+    *,
+    per_row: int | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
-    """`.npz` -> arr_0 (N, H, W, 3) uint8 + arr_1 labels; `.png`/`.jpg` -> a grid, `per_row` images per row."""
+    """`.npz` -> arr_0 (N, H, W, 3) uint8 + arr_1 labels; `.png`/`.jpg` -> a contact sheet, `per_row` images per
+    row (tiles enlarged to >= 64 px). A row of one class is labelled with its name in `class_names` (id order), else
+    with its id."""
     out = check_samples_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
@@ -69,5 +76,15 @@ def write_samples(
         return out
     from PIL import Image
 
-    Image.fromarray(grid(images, per_row or len(images))).save(out)
+    per_row = per_row or len(images)
+    rows = [labels[i : i + per_row] for i in range(0, len(labels), per_row)]
+    row_labels = None
+    if all((row == row[0]).all() for row in rows):  # one class per row (class-major order)
+        row_labels = [class_label(int(row[0]), class_names) for row in rows]
+    Image.fromarray(contact_sheet(images, per_row, row_labels=row_labels)).save(out)
     return out
+
+
+def class_label(class_id: int, class_names: list[str] | None) -> str:
+    """The name of a class id when the model stores its class names, else the id."""
+    return class_names[class_id] if class_names is not None and class_id < len(class_names) else str(class_id)

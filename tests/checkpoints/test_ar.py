@@ -57,3 +57,22 @@ def test_ar_checkpoint_errors(tmp_path):
     torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match=r"mis-shaped: norm.weight \(3,\)"):
         load_ar_checkpoint(tmp_path / "bad.ckpt", n_head=4, block_size=64)
+
+
+def test_class_names_in_the_model_folder_and_their_errors(tmp_path):
+    import json
+
+    from magvit2.checkpoints.ar import load_ar_model, save_ar_pretrained
+
+    transformer = ARTransformer.from_preset("tiny")  # 10 class ids
+    Tokenizer.from_preset("tiny", factorized_bits=(6, 12)).save_pretrained(tmp_path)
+    save_ar_pretrained(transformer, tmp_path, class_names=["0", "1", "2"])
+    assert json.loads((tmp_path / "transformer.json").read_text())["class_names"] == ["0", "1", "2"]
+    model = load_ar_model(tmp_path)
+    assert model.class_names == ["0", "1", "2"] and model.transformer.config == transformer.config
+    with pytest.raises(CheckpointError, match="11 class names for a model of 10 classes"):
+        save_ar_pretrained(transformer, tmp_path, class_names=[str(i) for i in range(11)])
+    meta = json.loads((tmp_path / "transformer.json").read_text())
+    (tmp_path / "transformer.json").write_text(json.dumps({**meta, "class_names": [1, 2]}))
+    with pytest.raises(CheckpointError, match="class_names must be a list of strings"):
+        load_ar_model(tmp_path)

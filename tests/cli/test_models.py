@@ -101,6 +101,7 @@ def test_encode_folder_to_shards(images, model_dir, tmp_path, capsys):
     assert [s["count"] for s in index["shards"]] == [3, 1]
     assert index["model_config"]["ch_mult"] == [1, 1, 2] and index["bit_order"] == "lsb-first"
     assert index["preprocess"]["size"] == 64 and index["model"] == str(model_dir)
+    assert index["class_names"] == ["", "more"]  # parent folders of the sources: the data root's own is ""
     tokens = TokenShards(out)
     assert tokens.sources == ["astronaut.png", "camera.png", "chelsea.jpg", "more/coffee.png"]
     model = Tokenizer.from_pretrained(model_dir)

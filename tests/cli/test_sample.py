@@ -1,12 +1,16 @@
-"""`magvit2 convert` of an AR checkpoint and `magvit2 sample` to an ADM-layout .npz and a PNG grid."""
+"""`magvit2 convert` of an AR checkpoint and `magvit2 sample` to an ADM-layout .npz and a PNG contact sheet; an
+official checkpoint stores no class names: every id is a class."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from magvit2.checkpoints.ar import load_ar_checkpoint
+from magvit2.checkpoints.ar import load_ar_checkpoint, load_ar_model
 from magvit2.cli import main
+from magvit2.data.images import SHEET_GAP
 from magvit2.nn import ARConfig, ARTransformer, Tokenizer
 from magvit2.nn.ar import generate
 
@@ -37,6 +41,9 @@ def test_convert_writes_transformer_and_tokenizer(ar_dir):
     for k, v in transformer.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     assert tok.config.factorized_bits == (6, 12)
+    assert "class_names" not in json.loads((model_dir / "transformer.json").read_text())
+    for source in (model_dir, model_dir.parent / "AR.ckpt"):
+        assert load_ar_model(source).class_names is None
 
 
 def test_sample_npz_is_adm_layout_and_reproducible(ar_dir, tmp_path):
@@ -58,13 +65,22 @@ def test_sample_npz_is_adm_layout_and_reproducible(ar_dir, tmp_path):
     assert np.array_equal(a["arr_0"][:3], want)
 
 
-def test_sample_png_grid_and_errors(ar_dir, tmp_path, capsys):
+def test_sample_png_is_a_contact_sheet_of_64_px_tiles_and_errors(ar_dir, tmp_path, capsys):
     model_dir, _, _ = ar_dir
     out = tmp_path / "grid.png"
-    assert main(["sample", "--model", str(model_dir), "--classes", "0,9", "--per-class", "3", "--out", str(out),
-                 "--no-progress"]) == 0  # fmt: skip
+    args = ["sample", "--model", str(model_dir), "--classes", "0,9", "--per-class", "3", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(tmp_path / "same.npz")]) == 0
+    samples = np.load(tmp_path / "same.npz")["arr_0"]  # (6, 32, 32, 3)
     with Image.open(out) as img:
-        assert img.size == (3 * 32, 2 * 32)  # one row per class
+        sheet = np.asarray(img.convert("RGB"))
+    tile = 64  # 32-pixel samples enlarged x2
+    margin = sheet.shape[1] - (3 * tile + 4 * SHEET_GAP)  # the row labels "0" and "9"
+    assert sheet.shape[0] == 2 * tile + 3 * SHEET_GAP and 0 < margin < 20  # one row per class
+    for i, sample in enumerate(samples):
+        r, c = divmod(i, 3)
+        top, left = SHEET_GAP + r * (tile + SHEET_GAP), margin + SHEET_GAP + c * (tile + SHEET_GAP)
+        assert np.array_equal(sheet[top : top + tile, left : left + tile], sample.repeat(2, 0).repeat(2, 1))
     capsys.readouterr()
     assert main(["sample", "--model", str(model_dir), "--classes", "10", "--out", str(out), "--no-progress"]) == 2
     assert "ids must lie in [0, 10)" in capsys.readouterr().err
@@ -72,3 +88,12 @@ def test_sample_png_grid_and_errors(ar_dir, tmp_path, capsys):
     assert "must end in .npz" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "--classes", "1", "--out", str(out)]) == 2
     assert "transformer.json" in capsys.readouterr().err
+
+
+def test_classes_all_of_a_model_without_class_names_is_every_id(ar_dir, tmp_path, capsys):
+    model_dir, _, _ = ar_dir
+    out = tmp_path / "all.npz"
+    assert main(["sample", "--model", str(model_dir), "--classes", "all", "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out)["arr_1"].tolist() == list(range(10))
+    assert main(["sample", "--model", str(model_dir), "--classes", "cat", "--out", str(out), "--no-progress"]) == 2
+    assert "expected comma-separated class ids or 'all'" in capsys.readouterr().err

@@ -71,17 +71,19 @@ def test_digits_demo_writes_everything(demo_run, capsys):
     samples = np.load(out / "samples.npz")
     assert samples["arr_0"].shape == (30, 16, 16, 3) and samples["arr_0"].dtype == np.uint8
     assert samples["arr_1"].tolist() == [c for c in range(10) for _ in range(3)]
-    for name, size in (("samples.png", (3 * 72, 10 * 72)), ("reconstructions.png", (20 * 72, 2 * 72))):
+    # one row per class / 2 held-out digits per class over reconstructions: 16 px enlarged to 64 px tiles, 4 px gaps,
+    # row labels at the left
+    for name, (per_row, rows) in (("samples.png", (3, 10)), ("reconstructions.png", (20, 2))):
         with Image.open(out / name) as img:
-            assert img.size == size, (
-                name
-            )  # one row per class / 2 held-out digits per class over reconstructions; 16 px + 1 px frame, x4
+            assert img.height == rows * 64 + (rows + 1) * 4, name
+            assert per_row * 64 + (per_row + 1) * 4 < img.width < per_row * 64 + (per_row + 1) * 4 + 80, name
     with Image.open(out / "curves.png") as img:
         assert img.width > 300 and img.height > 200
 
     tokens = TokenShards(out / "tokens")
     assert len(tokens) == 1437 and tokens.load_all().shape == (1437, 4, 4) and int(tokens.load_all().max()) < 1024
     assert sorted({s.split("/")[0] for s in tokens.sources}) == [str(c) for c in range(10)]
+    assert tokens.class_names == [str(c) for c in range(10)]  # the digits name their classes
     assert (out / "tokenizer" / "config.json").is_file() and (out / "ar-run" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -37,3 +37,23 @@ def test_stored_training_config_sets_what_shapes_cannot(tmp_path):
     assert config.entropy_weight == 0.25 and config.factorized_bits == (6, 12)
     done = convert_checkpoint(path, tmp_path / "plain", factorized_bits=None)  # the flag wins
     assert done.tokenizer.config.factorized_bits is None
+
+
+def test_ar_checkpoint_class_names_go_into_the_model_folder(tmp_path):
+    from magvit2.checkpoints.ar import load_ar_model
+    from magvit2.nn import ARTransformer
+
+    transformer = ARTransformer.from_preset("tiny")  # 10 class ids
+    tokenizer = Tokenizer.from_preset("tiny", factorized_bits=(6, 12))
+    sd = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    sd |= {f"first_stage_model.{k}": v for k, v in tokenizer.state_dict().items()}
+    stored = {"kind": "ar", "config": {"model": {"preset": "tiny"}}, "class_names": ["cat", "rocket"]}
+    torch.save({"state_dict": sd, "magvit2": stored}, tmp_path / "ar.ckpt")
+    torch.save(
+        {"state_dict": sd, "magvit2": {k: v for k, v in stored.items() if k != "class_names"}}, tmp_path / "old.ckpt"
+    )
+    assert convert_checkpoint(tmp_path / "ar.ckpt", tmp_path / "named").class_names == ["cat", "rocket"]
+    assert load_ar_model(tmp_path / "named").class_names == ["cat", "rocket"]
+    assert load_ar_model(tmp_path / "ar.ckpt").class_names == ["cat", "rocket"]
+    assert convert_checkpoint(tmp_path / "old.ckpt", tmp_path / "old").class_names is None  # trained before names
+    assert load_ar_model(tmp_path / "old").class_names is None

@@ -10,18 +10,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from magvit2.data.datasets import LabeledCropFolder
-from magvit2.data.images import folder_labels, list_images, usable_images
+from magvit2.data.images import list_images, usable_images
 from magvit2.data.tokens import TokenShards, unpack_groups
 from magvit2.train.ar.config import ARDataConfig
 from magvit2.train.common.resume import ResumableLoader
 
 
 class TokenLabels(Dataset):
-    """(pre (T,), post (T,), class id) from token shards; classes = sorted parent-folder names of the sources."""
+    """(pre (T,), post (T,), class id) from token shards; class names as the shards store them (sorted parent-folder
+    names of the sources)."""
 
     def __init__(self, directory: str | os.PathLike, bits: tuple[int, int]) -> None:
         self.shards, self.bits = TokenShards(directory), bits
-        self.class_names, self.labels = folder_labels(self.shards.sources)
+        self.class_names, self.labels = self.shards.class_names, self.shards.class_ids()
         self.tokens = self.shards.load_all().flatten(1)  # (N, T) full indices
         if len(self.tokens) == 0:
             raise ValueError(f"{directory}: no tokens")
@@ -50,6 +51,12 @@ class ARDataModule(L.LightningDataModule):
         else:
             files = usable_images(list_images(self.config.images))
             self.train_set = LabeledCropFolder(files, size=self.config.size, seed=self.seed)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The data's class names in id order (sorted parent-folder names), stored with the model."""
+        self.setup()
+        return self.train_set.class_names
 
     def train_dataloader(self) -> DataLoader:
         c = self.config

@@ -60,7 +60,7 @@ def fit_ar(
         tokenizer = tokenizer_of_shards(config.data.tokens, bits)
     else:
         tokenizer = ar_tokenizer(config.data.tokenizer, bits)
-    module = ARModule(config, tokenizer)
+    module = ARModule(config, tokenizer, class_names=datamodule.class_names)
     ckpt_path = resolve_resume(resume, out)
     trainer = build_trainer(
         config,

@@ -8,7 +8,8 @@ does. Shards cost one pass over the data once; on the fly costs an encoder forwa
 much as the AR step itself) but sees a new crop every epoch.
 
 Checkpoints hold `transformer.*` and the frozen tokenizer under `first_stage_model.*` (when one is known): the
-official AR layout, so `magvit2 export` and `magvit2 sample` read them directly.
+official AR layout, so `magvit2 export` and `magvit2 sample` read them directly. Under "magvit2" they also hold the
+run config and `class_names`, the data's class names in id order (the only ids the model was trained on).
 """
 
 from __future__ import annotations
@@ -35,12 +36,22 @@ def lr_factor(it: int, *, max_it: int, warmup_it: int, wp0: float = 0.005, wpe: 
 
 
 class ARModule(L.LightningModule):
-    """Keys: `transformer.*` (+ frozen `first_stage_model.*` when a tokenizer is given): the official AR layout."""
+    """Keys: `transformer.*` (+ frozen `first_stage_model.*` when a tokenizer is given): the official AR layout.
+    `class_names`: the data's classes in id order, saved with every checkpoint."""
 
-    def __init__(self, config: ARTrainConfig, tokenizer: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self, config: ARTrainConfig, tokenizer: torch.nn.Module | None = None, *, class_names: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.transformer = ARTransformer(config.ar_config())
+        num = self.transformer.config.class_num
+        if class_names is not None and len(class_names) > num:  # else id class_num would train the null class
+            raise ValueError(
+                f"the data has {len(class_names)} classes (folders) but model.class_num is {num}: "
+                f"set model.class_num={len(class_names)} or more"
+            )
+        self.class_names = None if class_names is None else list(class_names)
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
         if tokenizer is not None:
             self.first_stage_model = tokenizer.eval().requires_grad_(False)
@@ -106,4 +117,4 @@ class ARModule(L.LightningModule):
                 group["weight_decay"] = self.config.optim.weight_decay
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["magvit2"] = {"kind": "ar", "config": self.config.to_dict()}
+        checkpoint["magvit2"] = {"kind": "ar", "config": self.config.to_dict(), "class_names": self.class_names}

@@ -15,16 +15,19 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from magvit2.data.images import grid, to_uint8
+from magvit2.data.images import contact_sheet, to_uint8
 from magvit2.train.common.builder import build_trainer
 from magvit2.train.common.resume import resolve_resume
 from magvit2.train.tokenizer.config import TrainConfig
 from magvit2.train.tokenizer.data import ImageDataModule
 from magvit2.train.tokenizer.module import OPTIMIZERS_PER_STEP, TokenizerModule
 
+GRID_ROWS = ("input", "reconstruction")
+
 
 class ReconstructionGrid(Callback):
-    """Every `every_n_steps` training steps (and at the end), save originals over EMA reconstructions as a PNG."""
+    """Every `every_n_steps` training steps (and at the end), save originals over EMA reconstructions as a PNG: a
+    contact sheet (tiles enlarged to >= 64 px, rows labelled "input" and "reconstruction")."""
 
     def __init__(self, out_dir: str | os.PathLike, *, every_n_steps: int, count: int = 8) -> None:
         self.out_dir, self.every, self.count = Path(out_dir), every_n_steps, count
@@ -51,7 +54,8 @@ class ReconstructionGrid(Callback):
             rec = model.decode(model.encode(x)[0])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
-        Image.fromarray(grid(np.concatenate([to_uint8(x), to_uint8(rec)]), len(x))).save(path)
+        sheet = contact_sheet(np.concatenate([to_uint8(x), to_uint8(rec)]), len(x), row_labels=GRID_ROWS)
+        Image.fromarray(sheet).save(path)
         return path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

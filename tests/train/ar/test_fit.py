@@ -1,4 +1,5 @@
-"""AR training end to end: photos -> tokens (magvit2 encode) -> magvit2 train ar -> convert -> sample."""
+"""AR training end to end: photos -> tokens (magvit2 encode) -> magvit2 train ar -> convert -> sample; the data's
+class names (folders cat and rocket: 2 of the tiny model's 10 class ids) travel with the model."""
 
 import csv
 import json
@@ -55,12 +56,21 @@ def test_weight_decay_only_on_matrices(tokens, tmp_path, decay_norms):
     assert [step[1][0] for step in seen[1:]] == ([0.05, 0.05] if decay_norms else [0.0, 0.0])
 
 
-def test_train_ar_convert_and_sample(tokens, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tokens, tmp_path_factory):
+    """30 steps of `magvit2 train ar` on the two-class shards, exported to a model folder: (run, model)."""
+    tmp = tmp_path_factory.mktemp("ar-run")
+    out, model = tmp / "run", tmp / "model"
     args = ["train", "ar", "--config", "ar-tiny", "--data", str(tokens / "tokens"), "--out", str(out), "--max-steps",
             "30", "--no-progress", "--set", "data.batch_size=8", "--set", "trainer.log_every_n_steps=1",
             "--set", "trainer.checkpoint_every_n_steps=15"]  # fmt: skip
     assert main(args) == 0
+    assert main(["export", str(out / "checkpoints" / "last.ckpt"), str(model)]) == 0
+    return out, model
+
+
+def test_train_ar_convert_and_sample(trained, tmp_path):
+    out, model = trained
     with open(out / "logs" / "version_0" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
@@ -73,8 +83,6 @@ def test_train_ar_convert_and_sample(tokens, tmp_path):
         "step-000030.ckpt",
     ]
 
-    model = tmp_path / "model"
-    assert main(["convert", str(out / "checkpoints" / "last.ckpt"), str(model)]) == 0
     stored = json.loads((model / "transformer.json").read_text())
     assert (stored["n_head"], stored["block_size"]) == (4, 64)  # not in the weights: from the stored run config
     out_npz = str(tmp_path / "s.npz")
@@ -82,6 +90,30 @@ def test_train_ar_convert_and_sample(tokens, tmp_path):
                  "--no-progress"]) == 0  # fmt: skip
     samples = np.load(tmp_path / "s.npz")
     assert samples["arr_0"].shape == (4, 32, 32, 3) and samples["arr_1"].tolist() == [0, 0, 1, 1]
+
+
+def test_class_names_travel_from_the_shards_to_the_checkpoint_and_the_model(trained, tokens, capsys):
+    out, model = trained
+    assert json.loads((tokens / "tokens" / "tokens.json").read_text())["class_names"] == ["cat", "rocket"]
+    ckpt = torch.load(out / "checkpoints" / "step-000015.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["magvit2"]["class_names"] == ["cat", "rocket"]
+    assert json.loads((model / "transformer.json").read_text())["class_names"] == ["cat", "rocket"]
+    assert main(["export", str(out / "checkpoints" / "last.ckpt"), str(model.parent / "again")]) == 0
+    assert "trained on 2 of its 10 class ids: cat, rocket" in capsys.readouterr().out
+
+
+def test_sample_takes_only_the_trained_classes_by_id_or_name(trained, tmp_path, capsys):
+    _, model = trained
+    base = ["sample", "--model", str(model), "--no-progress", "--out"]
+    assert main([*base, str(tmp_path / "all.npz"), "--classes", "all"]) == 0
+    assert np.load(tmp_path / "all.npz")["arr_1"].tolist() == [0, 1]  # not the 8 untrained ids of the 10
+    assert main([*base, str(tmp_path / "named.npz"), "--classes", "rocket,cat,1", "--per-class", "2"]) == 0
+    assert np.load(tmp_path / "named.npz")["arr_1"].tolist() == [1, 1, 0, 0, 1, 1]
+    capsys.readouterr()
+    for bad, says in (("dog", "unknown class 'dog'"), ("5", "ids must lie in [0, 2)")):
+        assert main([*base, str(tmp_path / "x.npz"), "--classes", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--classes" in err and says in err and "0: cat, 1: rocket" in err
 
 
 def test_train_ar_errors(tmp_path, capsys):
@@ -130,6 +162,7 @@ def test_tokens_on_the_fly_train_exactly_as_the_shards(tokens, tmp_path):
     a, b = _losses(shards), _losses(fly)
     assert len(a) == len(b) == 4 and a == pytest.approx(b, rel=1e-6, abs=1e-6)
     ckpt = torch.load(fly / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["magvit2"]["class_names"] == ["cat", "rocket"]  # the image folders' names
     frozen = {k[len("first_stage_model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("first_stage")}
     original = Tokenizer.from_pretrained(tokens / "tokenizer").state_dict()
     assert frozen.keys() == original.keys() and all(torch.equal(frozen[k], original[k]) for k in frozen)
@@ -160,6 +193,8 @@ def test_on_the_fly_errors(tokens, tmp_path, capsys):
         ARDataConfig(images="a", tokens="b", tokenizer="c").check_source()
     with pytest.raises(ValueError, match="data.size must be a positive int"):
         ARDataConfig(size=0)
+    with pytest.raises(ValueError, match="the data has 11 classes .* model.class_num is 10"):
+        ARModule(load_ar_config("ar-tiny"), class_names=[str(i) for i in range(11)])
     args = ["train", "ar", "--config", "ar-tiny", "--data", str(tokens / "images"), "--out", str(tmp_path)]
     assert main([*args, "--tokenizer", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
