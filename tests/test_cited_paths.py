@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT = {"magvit2/_C"}  # build products named in tests (the compiled extensions)
+# build products named in tests and setup.py: the compiled extensions, the marker of a build without them
+BUILT = {"magvit2/_C", "magvit2/_pure_python"}
 TOP = ("magvit2/", "csrc/", "tests/", "benchmarks/", "examples/", "docs/", ".ci/", "build_backend/")
 # a path: one of the top folders, then path characters; placeholders (<kind>, *) and URLs are not paths
 TOPS = "|".join(re.escape(t) for t in TOP)
