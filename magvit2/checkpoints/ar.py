@@ -21,13 +21,18 @@ from typing import Any, NamedTuple
 
 import torch
 
-from magvit2.checkpoints.image import OfficialFile, read_official, stored_model_config, tokenizer_from_state
+from magvit2.checkpoints.image import (
+    OfficialFile,
+    check_tensors,
+    read_official,
+    stored_model_config,
+    tokenizer_from_state,
+)
 from magvit2.nn.ar.transformer import AR_PRESETS, ARConfig, ARTransformer
 from magvit2.nn.image.tokenizer import Tokenizer
 from magvit2.nn.weights import (
     CheckpointError,
     build_module,
-    listing,
     load_safetensors,
     read_format_json,
     write_format_dir,
@@ -36,7 +41,8 @@ from magvit2.nn.weights import (
 TRANSFORMER_PREFIX = "transformer."
 AR_CONFIG_NAME, AR_WEIGHTS_NAME = "transformer.json", "transformer.safetensors"
 AR_FORMAT_NAME, AR_FORMAT_VERSION = "magvit2-ar", 1
-HEADS_BY_DIM = {c.dim: c.n_head for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
+RELEASED = {name: c for name, c in AR_PRESETS.items() if name.startswith("open-magvit2-ar-")}
+SHAPE_FIELDS = ("dim", "spatial_n_layer", "factorized_n_layer", "class_num", "factorized_bits")
 CLASS_NAMES_KEY = "class_names"
 
 
@@ -46,19 +52,19 @@ class ARModel(NamedTuple):
     class_names: list[str] | None  # the trained classes' names in id order; None: not known (all ids valid)
 
 
-def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
+def infer_ar_config(sd: dict[str, Any], origin: str = "the checkpoint", **overrides: Any) -> ARConfig:
     """ARConfig from the weight shapes: width, sub-token bits, classes, layer counts. The head count is not in the
-    shapes: the released widths map to their presets (1024 -> 16, 1280 -> 20, 1536 -> 24), others default to head
-    size 64 unless `n_head=` is given."""
+    shapes and is never guessed: a model whose shapes are exactly those of a released one (AR-B/L/XL) takes its
+    preset's (16, 20, 24); any other needs `n_head=` (a head count that differs from training attends wrongly
+    without an error: a dim-256, 8-head model read with the old guess of dim // 64 = 4 heads matched 37% of its
+    greedy pre tokens and 22% of its post tokens, random weights, 8 classes)."""
     need = [
         "pre_emb.weight",
         "post_emb.weight",
         "class_emb.embedding_table.weight",
         "spatial_blocks.0.feed_forward.w1.weight",
     ]
-    missing = [k for k in need if k not in sd]
-    if missing:
-        raise CheckpointError(f"cannot infer the AR architecture: missing {listing(missing)}")
+    check_tensors(sd, need, "the AR architecture")
     n_pre, dim = sd["pre_emb.weight"].shape
     n_post = sd["post_emb.weight"].shape[0]
     bits = (int(math.log2(n_pre)), int(math.log2(n_post)))
@@ -71,13 +77,21 @@ def infer_ar_config(sd: dict[str, Any], **overrides: Any) -> ARConfig:
     dim = int(dim)
     fields: dict[str, Any] = dict(
         dim=dim,
-        n_head=HEADS_BY_DIM.get(dim, max(1, dim // 64)),
         spatial_n_layer=layers("spatial_blocks"),
         factorized_n_layer=layers("factorized_blocks"),
         class_num=int(sd["class_emb.embedding_table.weight"].shape[0]) - 1,
         factorized_bits=bits,
     )
-    fields.update(overrides)
+    if overrides.get("n_head") is None:
+        released = [c for c in RELEASED.values() if all(getattr(c, f) == fields[f] for f in SHAPE_FIELDS)]
+        if not released:
+            raise CheckpointError(
+                f"{origin}: the AR transformer's width (dim={dim}, {fields['spatial_n_layer']}+"
+                f"{fields['factorized_n_layer']} layers) is not a released one (AR-B/L/XL) and its head count is not "
+                "in the weights: pass --n-head (n_head=) with the head count it was trained with"
+            )
+        fields["n_head"] = released[0].n_head
+    fields.update({k: v for k, v in overrides.items() if not (k == "n_head" and v is None)})
     try:
         config = ARConfig(**fields)
     except (TypeError, ValueError) as e:
@@ -112,34 +126,49 @@ def checked_class_names(names: object, origin: str, class_num: int | None = None
 
 
 def transformer_from_state(
-    sd: dict[str, Any], origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+    sd: dict[str, Any],
+    origin: str,
+    *,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    **config_overrides: Any,
 ) -> ARTransformer:
     """The ARTransformer of an official AR state dict (its `transformer.*` keys), architecture from the shapes."""
     inner = {k[len(TRANSFORMER_PREFIX) :]: v for k, v in sd.items() if k.startswith(TRANSFORMER_PREFIX)}
     if not inner:
         raise CheckpointError(f"{origin} has no transformer.* keys: not an AR checkpoint (tokenizers: load_checkpoint)")
-    config = infer_ar_config(inner, **config_overrides)
-    return build_module(lambda: ARTransformer(config), inner, origin, device, what="the AR transformer")
+    config = infer_ar_config(inner, origin, **config_overrides)
+    return build_module(
+        lambda: ARTransformer(config), inner, origin, device, what="the AR transformer", allow_nonfinite=allow_nonfinite
+    )
 
 
 def load_ar_checkpoint(
     path: str | os.PathLike,
     *,
     device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
     **config_overrides: Any,
 ) -> tuple[ARTransformer, Tokenizer]:
     """(transformer, tokenizer) in eval mode from an official AR Lightning checkpoint (or one of `magvit2 train ar`,
     whose stored run config gives the head count and grid), or an AR model directory. `config_overrides` replace
-    inferred ARConfig fields (e.g. `n_head=` for a non-released width, `block_size=` for another grid).
+    inferred ARConfig fields (`n_head=` is required for a width that is not a released one, `block_size=` for
+    another grid). NaN/inf weights are refused unless `allow_nonfinite`.
 
     Example:
         >>> transformer, tokenizer = load_ar_checkpoint("AR_256_B.ckpt")  # doctest: +SKIP
     """
-    model = load_ar_model(path, device=device, **config_overrides)
+    model = load_ar_model(path, device=device, allow_nonfinite=allow_nonfinite, **config_overrides)
     return model.transformer, model.tokenizer
 
 
-def load_ar_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", **config_overrides: Any) -> ARModel:
+def load_ar_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    **config_overrides: Any,
+) -> ARModel:
     """`load_ar_checkpoint` plus the class names stored with the model (None for official checkpoints).
 
     Example:
@@ -147,9 +176,9 @@ def load_ar_model(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        return read_ar_pretrained(path, device=device)
+        return read_ar_pretrained(path, device=device, allow_nonfinite=allow_nonfinite)
     file = read_official(path, use_ema=False)  # the AR configs build the tokenizer with use_ema: False
-    transformer, tokenizer = ar_models(file, path, device=device, **config_overrides)
+    transformer, tokenizer = ar_models(file, path, device=device, allow_nonfinite=allow_nonfinite, **config_overrides)
     names = stored_class_names(file.raw)
     if names is not None:
         names = checked_class_names(names, path, transformer.config.class_num)
@@ -157,24 +186,38 @@ def load_ar_model(path: str | os.PathLike, *, device: str | torch.device = "cpu"
 
 
 def ar_transformer(
-    file: OfficialFile, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+    file: OfficialFile,
+    origin: str,
+    *,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    **config_overrides: Any,
 ) -> ARTransformer:
     """The transformer of an AR checkpoint read by `read_official`: heads and grid from the run config our trainer
     stored (else inferred from the shapes), then `config_overrides`."""
-    fields = {**stored_ar_fields(file.raw), **config_overrides}
-    return transformer_from_state(file.state_dict, origin, device=device, **fields)
+    stored = stored_ar_fields(file.raw)
+    fields = {**stored, **{k: v for k, v in config_overrides.items() if v is not None or k not in stored}}
+    return transformer_from_state(file.state_dict, origin, device=device, allow_nonfinite=allow_nonfinite, **fields)
 
 
 def ar_models(
-    file: OfficialFile, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+    file: OfficialFile,
+    origin: str,
+    *,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    **config_overrides: Any,
 ) -> tuple[ARTransformer, Tokenizer]:
     """(transformer, tokenizer) of an AR checkpoint read by `read_official`; the tokenizer with the transformer's
     sub-token split."""
-    transformer = ar_transformer(file, origin, device=device, **config_overrides)
+    transformer = ar_transformer(file, origin, device=device, allow_nonfinite=allow_nonfinite, **config_overrides)
     if not file.tokenizer.is_ar:
         raise CheckpointError(f"{origin} has no first_stage_model.* tokenizer next to its transformer")
     bits = transformer.config.factorized_bits  # the tokenizer's split is the transformer's sub-token split
-    return transformer, tokenizer_from_state(file.tokenizer, origin, device=device, factorized_bits=bits)
+    tokenizer = tokenizer_from_state(
+        file.tokenizer, origin, device=device, allow_nonfinite=allow_nonfinite, factorized_bits=bits
+    )
+    return transformer, tokenizer
 
 
 def save_ar_pretrained(
@@ -189,14 +232,17 @@ def save_ar_pretrained(
 
 
 def load_ar_pretrained(
-    directory: str | os.PathLike, *, device: str | torch.device = "cpu"
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu", allow_nonfinite: bool = False
 ) -> tuple[ARTransformer, Tokenizer]:
-    """(transformer, tokenizer) from a directory written by `magvit2 export AR.ckpt DIR` or `save_ar_pretrained`."""
-    model = read_ar_pretrained(directory, device=device)
+    """(transformer, tokenizer) from a directory written by `magvit2 export AR.ckpt DIR` or `save_ar_pretrained`;
+    NaN/inf weights are refused unless `allow_nonfinite`."""
+    model = read_ar_pretrained(directory, device=device, allow_nonfinite=allow_nonfinite)
     return model.transformer, model.tokenizer
 
 
-def read_ar_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> ARModel:
+def read_ar_pretrained(
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+) -> ARModel:
     """`load_ar_pretrained` plus the class names of `transformer.json` (None in directories without them)."""
     directory = os.fspath(directory)
     path = os.path.join(directory, AR_CONFIG_NAME)
@@ -210,7 +256,9 @@ def read_ar_pretrained(directory: str | os.PathLike, *, device: str | torch.devi
     if names is not None:
         names = checked_class_names(names, path, config.class_num)
     weights = os.path.join(directory, AR_WEIGHTS_NAME)
+    sd = load_safetensors(weights)
     transformer = build_module(
-        lambda: ARTransformer(config), load_safetensors(weights), weights, device, what="the AR transformer"
+        lambda: ARTransformer(config), sd, weights, device, what="the AR transformer", allow_nonfinite=allow_nonfinite
     )
-    return ARModel(transformer, Tokenizer.from_pretrained(directory, device=device), names)
+    tokenizer = Tokenizer.from_pretrained(directory, device=device, allow_nonfinite=allow_nonfinite)
+    return ARModel(transformer, tokenizer, names)

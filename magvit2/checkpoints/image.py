@@ -87,17 +87,25 @@ def _names_from_presets(ema: dict[str, Any]) -> list[str]:
     return []
 
 
+def check_tensors(sd: dict[str, Any], keys: list[str], what: str) -> None:
+    """CheckpointError listing the `keys` that `sd` lacks or holds as something other than a tensor."""
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        raise CheckpointError(f"cannot infer {what}: missing {listing(missing)}")
+    not_tensor = [f"{k} ({type(sd[k]).__name__})" for k in keys if not isinstance(sd[k], torch.Tensor)]
+    if not_tensor:
+        raise CheckpointError(f"cannot infer {what}: not tensors: {listing(not_tensor)}")
+
+
 def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> TokenizerConfig:
     """Architecture from the weight shapes (conv_in, level/block counts, conv_out); keyword overrides win."""
     need = ["encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_out.weight"]
-    missing = [k for k in need if k not in sd]
-    if missing:
-        raise CheckpointError(f"cannot infer the architecture: missing {listing(missing)}")
+    check_tensors(sd, need, "the architecture")
     ch, in_channels = sd["encoder.conv_in.weight"].shape[:2]
     levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
     widths = [f"encoder.down.{i}.block.0.conv1.weight" for i in levels]
-    missing = [k for k in widths if k not in sd]
+    missing = [k for k in widths if not isinstance(sd.get(k), torch.Tensor)]
     if not levels or not blocks or missing:
         raise CheckpointError(f"cannot infer the architecture: missing encoder levels/blocks {listing(missing)}")
     config = dict(
@@ -157,6 +165,7 @@ def load_checkpoint(
     use_ema: bool = True,
     *,
     device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
     **config_overrides: Any,
 ) -> Tokenizer:
     """Load a tokenizer, in eval mode, from an official Lightning `.ckpt` (tokenizer or AR), a plain state-dict
@@ -164,7 +173,8 @@ def load_checkpoint(
 
     `use_ema`: take the `model_ema.*` weights when the file has them (the official evaluation does). The architecture
     is read from the weight shapes; an AR checkpoint gets `factorized_bits=(6, 12)`. `config_overrides` replace
-    TokenizerConfig fields (e.g. `factorized_bits=None`, `entropy_weight=0.0`).
+    TokenizerConfig fields (e.g. `factorized_bits=None`, `entropy_weight=0.0`). Zip checkpoints are checked against
+    their CRC32 records, and weights holding NaN/inf are refused unless `allow_nonfinite`.
 
     Example:
         >>> model = load_checkpoint("imagenet_256_L.ckpt")  # doctest: +SKIP
@@ -172,34 +182,49 @@ def load_checkpoint(
     """
     path = os.fspath(path)
     if os.path.isdir(path) or (path.endswith(".safetensors") and os.path.isfile(_sibling_config(path))):
-        return load_pretrained_dir(path if os.path.isdir(path) else os.path.dirname(path) or ".", device=device)
+        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        return load_pretrained_dir(directory, device=device, allow_nonfinite=allow_nonfinite)
     if path.endswith(".safetensors"):
         loaded = map_official_state_dict(load_safetensors(path), use_ema=use_ema)
     else:
         loaded = load_official(path, use_ema=use_ema)
-    return tokenizer_from_state(loaded, path, device=device, **config_overrides)
+    return tokenizer_from_state(loaded, path, device=device, allow_nonfinite=allow_nonfinite, **config_overrides)
 
 
 def tokenizer_from_state(
-    loaded: LoadedState, origin: str, *, device: str | torch.device = "cpu", **config_overrides: Any
+    loaded: LoadedState,
+    origin: str,
+    *,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    **config_overrides: Any,
 ) -> Tokenizer:
     """A Tokenizer from mapped official weights: architecture from shapes, (6, 12) token split for AR files."""
     if loaded.is_ar:
         config_overrides.setdefault("factorized_bits", AR_FACTORIZED_BITS)
     config = infer_config(loaded.state_dict, **config_overrides)
-    return build_from_state(config, loaded.state_dict, origin, device)
+    return build_from_state(config, loaded.state_dict, origin, device, allow_nonfinite=allow_nonfinite)
 
 
 def _sibling_config(path: str) -> str:
     return os.path.join(os.path.dirname(path) or ".", CONFIG_NAME)
 
 
-def load_pretrained_dir(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:
-    return Tokenizer.from_pretrained(directory, device=device)
+def load_pretrained_dir(
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+) -> Tokenizer:
+    return Tokenizer.from_pretrained(directory, device=device, allow_nonfinite=allow_nonfinite)
 
 
 def build_from_state(
-    config: TokenizerConfig, sd: dict[str, Any], origin: str, device: str | torch.device = "cpu"
+    config: TokenizerConfig,
+    sd: dict[str, Any],
+    origin: str,
+    device: str | torch.device = "cpu",
+    *,
+    allow_nonfinite: bool = False,
 ) -> Tokenizer:
     """A Tokenizer holding `sd` (as float32 copies on `device`); built on the meta device, so no random init."""
-    return build_module(lambda: Tokenizer(config), sd, origin, device, what="the tokenizer")
+    return build_module(
+        lambda: Tokenizer(config), sd, origin, device, what="the tokenizer", allow_nonfinite=allow_nonfinite
+    )

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: one line, no traceback
+    except (ValueError, OSError) as e:  # user errors and the system's (disk full, permissions): one line
         print(f"magvit2 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional extra that is not installed: say which

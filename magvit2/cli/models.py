@@ -119,7 +119,12 @@ def add_commands(commands) -> None:
         default="auto",
         help="index groups, e.g. 6,12 or none (default: the stored config's; 6,12 for AR)",
     )
-    exp.add_argument("--n-head", type=int, help="AR checkpoints: attention heads (default: from the width)")
+    exp.add_argument(
+        "--n-head",
+        type=int,
+        help="AR checkpoints: attention heads (not in the weights; required unless the checkpoint is a released "
+        "AR-B/L/XL or stores its config)",
+    )
     exp.add_argument("--block-size", type=int, help="AR checkpoints: tokens per image (default 256)")
     exp.set_defaults(func=export)
 

@@ -44,7 +44,7 @@ def sample(args: argparse.Namespace) -> int:
     from magvit2.pipelines.sample import check_samples_path, sample_images, write_samples
 
     check_samples_path(args.out)  # before minutes of sampling
-    transformer, tokenizer, names = load_ar_model(args.model, device=args.device)
+    transformer, tokenizer, names = load_ar_model(args.model, device=args.device, n_head=args.n_head)
     classes = _classes(args.classes, transformer.config.class_num, names)
     with using_threads(args.threads, transformer, tokenizer):
         images, labels = sample_images(
@@ -73,6 +73,11 @@ def add_commands(commands) -> None:
         required=True,
         help="comma-separated class ids or names (models that store their classes' names), or 'all' (the trained "
         "classes when stored, else every id)",
+    )
+    s.add_argument(
+        "--n-head",
+        type=int,
+        help="official .ckpt of a width other than AR-B/L/XL: its attention heads (not in the weights; required)",
     )
     s.add_argument("--per-class", type=int, default=1, help="images per class")
     s.add_argument("--out", required=True, help="grid.png or samples.npz (uint8 NHWC arr_0, labels arr_1)")

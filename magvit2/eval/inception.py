@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from magvit2.nn.weights import CheckpointError, safe_torch_load
+
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -209,10 +211,10 @@ class InceptionV3FID(nn.Module):
                 f"InceptionV3FID.from_file: path {os.fspath(path)!r} does not exist; expected pytorch-fid's FID "
                 f"weights {FID_WEIGHTS_NAME} (download it yourself; nothing is fetched here)"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated files, non-tensor objects
-            raise ValueError(f"InceptionV3FID.from_file: cannot read {os.fspath(path)!r} as a state dict: {e}") from e
+        try:  # weights-only, CRC32-checked; one line of ours rather than torch's advice to load without weights_only
+            state = safe_torch_load(path)
+        except CheckpointError as e:
+            raise ValueError(f"InceptionV3FID.from_file: {e}") from None
         if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
             state = state["state_dict"]
         if not isinstance(state, Mapping):
@@ -220,6 +222,12 @@ class InceptionV3FID(nn.Module):
                 f"InceptionV3FID.from_file: {os.fspath(path)!r} holds a {type(state).__name__}, not a state dict"
             )
         state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+        odd = [f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor) or v.is_meta]
+        if odd:
+            raise ValueError(
+                f"InceptionV3FID.from_file: {os.fspath(path)!r} holds values that are not tensors with data: "
+                f"{_preview(odd)}"
+            )
         net = cls()
         expected = net.state_dict()
         missing = [k for k in expected if k not in state]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, NamedTuple
 
 from magvit2.checkpoints.ar import ar_transformer, save_ar_pretrained, stored_class_names
@@ -41,7 +42,8 @@ def convert_checkpoint(
 ) -> Converted:
     """Write `outdir` for `load_checkpoint` / `load_ar_checkpoint`. `factorized_bits`: the tokenizer's index groups
     ("auto": the stored config's, or the transformer's split for AR files); `ar_overrides`: ARConfig fields that the
-    weight shapes do not fix (`n_head`, `block_size`)."""
+    weight shapes do not fix (`n_head`, `block_size`). A write that fails (disk full) leaves no `outdir` when it
+    did not exist before, and raises OSError naming the file."""
     path = os.fspath(checkpoint)
     file = read_official(path, use_ema=use_ema)
     stored = stored_tokenizer_config(file.raw)
@@ -53,10 +55,17 @@ def convert_checkpoint(
         transformer = ar_transformer(file, path, **{k: v for k, v in ar_overrides.items() if v})
         overrides.setdefault("factorized_bits", transformer.config.factorized_bits)
     tokenizer = tokenizer_from_state(file.tokenizer, path, **overrides)
-    tokenizer.save_pretrained(outdir)
     if transformer is not None:
         names = stored_class_names(file.raw)
-        save_ar_pretrained(transformer, outdir, class_names=names)
+    created = not os.path.exists(outdir)
+    try:
+        tokenizer.save_pretrained(outdir)
+        if transformer is not None:
+            save_ar_pretrained(transformer, outdir, class_names=names)
+    except OSError:
+        if created:  # the tokenizer's files without the transformer's would load as a half model
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
     loaded = file.tokenizer
     return Converted(
         tokenizer, transformer, loaded.source, loaded.is_ar, len(loaded.state_dict), len(loaded.ignored), names

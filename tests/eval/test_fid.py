@@ -1,5 +1,8 @@
 """FID Inception layout and loading, FeatureStats against numpy, Fréchet distance against closed forms and scipy."""
 
+import struct
+import zipfile
+
 import numpy as np
 import pytest
 import scipy.linalg as scipy_linalg
@@ -145,10 +148,39 @@ def test_from_file_errors(inception, tmp_path):
     with pytest.raises(ValueError, match="not a state dict"):
         InceptionV3FID.from_file(tmp_path / "list.pth")
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         InceptionV3FID.from_file(tmp_path / "garbage.pth")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         inception(torch.rand(3, 32, 32))
+
+
+class Gadget:  # a class of this module: torch's weights-only allowlist does not have it
+    pass
+
+
+def test_from_file_errors_are_one_line_for_unsafe_corrupt_and_dataless_files(inception, tmp_path):
+    torch.save({"fc.weight": Gadget()}, tmp_path / "unsafe.pth")
+    with pytest.raises(ValueError) as info:
+        InceptionV3FID.from_file(tmp_path / "unsafe.pth")
+    text = str(info.value)
+    assert text.startswith("InceptionV3FID.from_file: refusing to load ") and "Gadget" in text
+    assert "\n" not in text and "weights_only=False" not in text  # torch's 7-line advice is not passed on
+
+    torch.save(_placeholders(inception), tmp_path / "ok.pth")
+    data = bytearray((tmp_path / "ok.pth").read_bytes())
+    pickle = next(i for i in zipfile.ZipFile(tmp_path / "ok.pth").infolist() if i.filename.endswith("data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", data[pickle.header_offset + 26 : pickle.header_offset + 30])
+    data[pickle.header_offset + 30 + name_len + extra_len + pickle.compress_size // 2] ^= 0x10  # inside the pickle
+    (tmp_path / "flipped.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"^InceptionV3FID.from_file: \S+flipped.pth is corrupt: member \S+ fails"):
+        InceptionV3FID.from_file(tmp_path / "flipped.pth")
+
+    for name, value in (("meta", torch.empty(1008, 2048, device="meta")), ("list", [0.0] * 1008)):
+        sd = _placeholders(inception)
+        sd["fc.weight"] = value
+        torch.save(sd, tmp_path / f"{name}.pth")
+        with pytest.raises(ValueError, match=r"holds values that are not tensors with data: \[fc.weight"):
+            InceptionV3FID.from_file(tmp_path / f"{name}.pth")
 
 
 # --- FeatureStats ---------------------------------------------------------------------------------------------------

@@ -57,3 +57,45 @@ def test_ar_checkpoint_class_names_go_into_the_model_folder(tmp_path):
     assert load_ar_model(tmp_path / "ar.ckpt").class_names == ["cat", "rocket"]
     assert convert_checkpoint(tmp_path / "old.ckpt", tmp_path / "old").class_names is None  # trained before names
     assert load_ar_model(tmp_path / "old").class_names is None
+
+
+def _limit_file_size(limit):
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def test_export_that_cannot_write_leaves_no_half_model_folder(tmp_path):
+    """The AR export writes the tokenizer (2.35 MB of weights), then the transformer (2.92 MB): under a 2.6 MB file
+    size limit the second write fails, and the folder with only the tokenizer in it is removed."""
+    import subprocess
+    import sys
+
+    from magvit2.nn import ARTransformer
+
+    transformer = ARTransformer.from_preset("tiny")
+    sd = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    sd |= {f"first_stage_model.{k}": v for k, v in Tokenizer.from_preset("tiny").state_dict().items()}
+    torch.save({"state_dict": sd}, tmp_path / "ar.ckpt")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "magvit2.cli", "export", str(tmp_path / "ar.ckpt"), str(out), "--n-head", "4",
+            "--block-size", "64"]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_limit_file_size(2_600_000))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == (
+        f"magvit2 export: error: [Errno 27] cannot write {out}/transformer.safetensors: File too large; nothing was "
+        "left half-written\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ar.ckpt"]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 0 and sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "transformer.json",
+        "transformer.safetensors",
+    ]

@@ -234,8 +234,11 @@ class Tokenizer(nn.Module):
         write_format_dir(directory, CONFIG_NAME, WEIGHTS_NAME, meta, self)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Tokenizer:
-        """Load a directory written by `save_pretrained` (or `magvit2 convert`). Errors name the bad file or key."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+    ) -> Tokenizer:
+        """Load a directory written by `save_pretrained` (or `magvit2 convert`). Errors name the bad file or key;
+        NaN/inf weights are refused unless `allow_nonfinite`."""
         directory = os.fspath(directory)
         path = os.path.join(directory, CONFIG_NAME)
         meta = read_format_json(
@@ -246,7 +249,8 @@ class Tokenizer(nn.Module):
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
         weights = os.path.join(directory, WEIGHTS_NAME)
-        return build_module(lambda: cls(config), load_safetensors(weights), weights, device)
+        sd = load_safetensors(weights)
+        return build_module(lambda: cls(config), sd, weights, device, allow_nonfinite=allow_nonfinite)
 
 
 def _describe(x: object) -> str:
