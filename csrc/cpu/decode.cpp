@@ -118,6 +118,9 @@ __attribute__((target("avx2,fma"))) void gemm_columns(const float* x, int64_t m,
 
 // out = res + x @ w for a weight given as (in, out) or as its panels (out / 16, in, 16).
 void gemm(const float* x, int64_t m, int64_t k, const at::Tensor& w, const float* res, float* out) {
+  if (m == 0 || k == 0) {  // the grain below divides by m * k; the entry points return before zero rows get here
+    return;
+  }
   const bool panels = w.dim() == 3;
   const int64_t n = decode_out(w);
   const float* wp = w.const_data_ptr<float>();
@@ -305,6 +308,9 @@ at::Tensor logits_aten(const at::Tensor& z, const at::Tensor& head, double eps, 
 at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& head, double eps,
                              std::optional<double> cfg_scale) {
   check_logits_args(z, head, eps, cfg_scale);
+  if (z.size(0) == 0) {  // zero rows (a generation of no images): empty logits, no kernel
+    return at::empty({0, decode_out(head)}, z.options());
+  }
 #if MAGVIT2_X86_KERNELS
   if (z.scalar_type() == at::kFloat && avx2_fma()) return logits_float(z, head, eps, cfg_scale);
 #endif
@@ -315,6 +321,9 @@ at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& wqkv, const a
                             const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& rope,
                             const at::Tensor& pos, double eps) {
   const int64_t n = check_decode_args(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps);
+  if (x.size(0) == 0) {  // zero rows: nothing to write into the (0, H, S, D) caches
+    return at::empty_like(x, at::MemoryFormat::Contiguous);
+  }
 #if MAGVIT2_X86_KERNELS
   if (x.scalar_type() == at::kFloat && avx2_fma()) {
     return decode_float(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, n, eps);

@@ -44,6 +44,9 @@ def sample(args: argparse.Namespace) -> int:
     from magvit2.pipelines.sample import check_samples_path, sample_images, write_samples
 
     check_samples_path(args.out)  # before minutes of sampling
+    for flag, value in (("--per-class", args.per_class), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     transformer, tokenizer, names = load_ar_model(args.model, device=args.device, n_head=args.n_head)
     classes = _classes(args.classes, transformer.config.class_num, names)
     with using_threads(args.threads, transformer, tokenizer):

@@ -8,10 +8,11 @@ sample_tokens(logits, *, uncond=None, cfg_scale=1.0, temperature=1.0, top_k=0, t
 decode_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps) -> (R, dim): one block of a generation step
 decode_logits(z, head, eps, cfg_scale=None) -> logits of a generation step (norm, guidance, head)
 decode_panels(w) -> a (in, out) weight as the 16-column panels the CPU decode kernels stream
+decode_weight(linears, scale=None, *, panels) -> nn.Linear weights as one decode weight, written once
 """
 
 from magvit2.ops import _library, backends, reference  # noqa: F401  (schemas, fakes, autograd and the reference first)
-from magvit2.ops.ar_decode import decode_block, decode_logits, decode_panels
+from magvit2.ops.ar_decode import decode_block, decode_logits, decode_panels, decode_weight
 from magvit2.ops.lfq import (
     LFQCodes,
     LFQEntropy,
@@ -32,6 +33,7 @@ __all__ = [
     "decode_block",
     "decode_logits",
     "decode_panels",
+    "decode_weight",
     "lfq_codebook_average",
     "lfq_entropy",
     "lfq_quantize",

@@ -31,6 +31,11 @@ def sample_images(
     Batch j draws from seed stream (seed, j) so every batch gets its own tokens. `settings`: see generate()."""
     from tqdm import tqdm
 
+    for name, value in (("per_class", per_class), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"sample_images: {name} must be a positive integer, got {value!r}")
+    if not classes:
+        raise ValueError("sample_images: classes must name at least one class, got none")
     labels = torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.long)
     side = transformer.config.grid_size
     bits = transformer.config.factorized_bits

@@ -2,6 +2,8 @@
 official checkpoint stores no class names: every id is a class."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,8 +62,10 @@ def test_sample_npz_is_adm_layout_and_reproducible(ar_dir, tmp_path):
     # the first batch is generate(seed * 1000003) decoded by the tokenizer
     loaded, tok = load_ar_checkpoint(model_dir)
     tokens = generate(loaded, torch.tensor([1, 1, 2]), seed=3 * 1_000_003, cfg=(1.5, 1.5), top_p=(0.9, 0.9))
-    rec = tok.decode_indices((tokens.pre.view(-1, 8, 8), tokens.post.view(-1, 8, 8))).clamp(-1, 1)
-    want = ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rec = tok.decode_indices((tokens.pre.view(-1, 8, 8), tokens.post.view(-1, 8, 8)))
+    # the official sampler's conversion (sample.py chw_to_pillow): float32 numpy, clipped, truncated by astype
+    x = rec.detach().permute(0, 2, 3, 1).numpy()
+    want = (255 * ((x + 1.0) / 2.0)).clip(0, 255).astype(np.uint8)
     assert np.array_equal(a["arr_0"][:3], want)
 
 
@@ -97,3 +101,15 @@ def test_classes_all_of_a_model_without_class_names_is_every_id(ar_dir, tmp_path
     assert np.load(out)["arr_1"].tolist() == list(range(10))
     assert main(["sample", "--model", str(model_dir), "--classes", "cat", "--out", str(out), "--no-progress"]) == 2
     assert "expected comma-separated class ids or 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--per-class", "0"), ("--per-class", "-1"), ("--batch-size", "0")])
+def test_no_images_asked_is_a_one_line_error(ar_dir, tmp_path, flag, value):
+    """In a child process (a zero-row generation used to end it by SIGFPE): exit 2, one line naming the flag."""
+    model_dir, _, _ = ar_dir
+    out = tmp_path / "none.npz"
+    argv = ["sample", "--model", str(model_dir), "--classes", "1,2", "--out", str(out), "--no-progress", flag, value]
+    child = subprocess.run([sys.executable, "-m", "magvit2.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 2, f"rc {child.returncode}: {child.stderr[-2000:]}"
+    assert child.stderr.strip() == f"magvit2 sample: error: {flag} must be a positive integer, got {value}"
+    assert not out.exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from magvit2.data.images import SHEET_GAP, SHEET_GAP_VALUE, contact_sheet, to_uint8, uint8_levels
+from magvit2.data.images import SHEET_GAP, SHEET_GAP_VALUE, contact_sheet, to_tensor, to_uint8, uint8_levels
 
 
 def _png_round_trip(sheet: np.ndarray, tmp_path) -> np.ndarray:
@@ -74,9 +74,42 @@ def test_contact_sheet_errors():
         contact_sheet(images, 0)
 
 
-def test_uint8_levels_round_trip_pixels_and_clamp():
-    pixels = torch.arange(256, dtype=torch.float32)
-    x = pixels / 127.5 - 1.0
-    assert torch.equal(uint8_levels(x), pixels.to(torch.uint8))
-    assert uint8_levels(torch.tensor([-3.0, 7.0])).tolist() == [0, 255]
+def _official_sampler(x: torch.Tensor) -> np.ndarray:
+    """SEED-Voken sample.py `chw_to_pillow` (batched): (255 * rescale(x)).clip(0, 255).astype(np.uint8) in numpy."""
+    x = x.float().movedim(-3, -1).numpy()
+    return (255 * ((x + 1.0) / 2.0)).clip(0, 255).astype(np.uint8)
+
+
+def _official_evaluation(x: torch.Tensor) -> np.ndarray:
+    """SEED-Voken evaluation_image.py: clamp(-1, 1), (x + 1) / 2, then (x * 255.0).to(torch.uint8)."""
+    x = (x.float().clamp(-1, 1) + 1) / 2
+    return (x * 255.0).movedim(-3, -1).to(torch.uint8).numpy()
+
+
+def test_uint8_conversion_is_the_official_samplers_and_evaluations():
+    g = torch.Generator().manual_seed(0)
+    edges = torch.tensor([-1.0, 1.0, 0.0, -1.5, 3.0, -0.0, 1e-8, -1e-8, 0.999, -0.999])
+    levels = torch.arange(256.0) / 127.5 - 1.0  # float32 images of every level, and the points between levels
+    near = torch.cat([levels, (torch.arange(256.0) + 0.5) / 127.5 - 1.0, torch.nextafter(levels, levels + 1)])
+    values = torch.cat([edges, near, torch.rand(4096, generator=g) * 2.4 - 1.2])
+    x = values.view(-1, 1, 1, 1).expand(-1, 3, 1, 2)  # (N, 3, 1, 2) images
+    got = to_uint8(x)
+    assert np.array_equal(got, _official_sampler(x))
+    assert np.array_equal(got, _official_evaluation(x))
+    assert np.array_equal(uint8_levels(x).movedim(-3, -1).numpy(), got)
+    # truncation, not rounding: 0.999 -> 254.87 -> 254 (rounding gave 255)
+    assert uint8_levels(torch.tensor([-1.0, 0.0, 0.999, 1.0, -3.0, 7.0])).tolist() == [0, 127, 254, 255, 0, 255]
     assert to_uint8(torch.zeros(3, 1, 2)).shape == (1, 2, 3)
+
+
+def test_to_tensor_is_the_official_pixel_scaling_and_levels_come_back_as_officially():
+    """Pixels scale as the official data pipeline's (image / 127.5 - 1.0).astype(np.float32) (float64 arithmetic);
+    back to uint8, levels 1..95 come back one lower, as in the official evaluation's originals."""
+    pixels = np.arange(256, dtype=np.uint8).repeat(3).reshape(1, 256, 3)
+    x = to_tensor(pixels)  # (3, 1, 256)
+    official = (pixels / 127.5 - 1.0).astype(np.float32)
+    assert np.array_equal(x.permute(1, 2, 0).numpy(), official)
+    back = to_uint8(x)[0, :, 0].astype(int)
+    assert np.array_equal(back, _official_evaluation(torch.from_numpy(official).permute(2, 0, 1))[0, :, 0])
+    assert np.array_equal(np.nonzero(back != np.arange(256))[0], np.arange(1, 96))
+    assert (np.arange(256) - back).max() == 1

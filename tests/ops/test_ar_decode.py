@@ -129,6 +129,25 @@ def test_panels_layout():
     assert ops.decode_panels(odd) is odd
 
 
+# (out of each part, in): whole panels per part; parts of 8 columns (the panels straddle them); an odd total
+@pytest.mark.parametrize("outs, k", [((48, 48), 5), ((32,), 7), ((24, 24), 3), ((20,), 4)], ids=str)
+@pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_decode_weight_equals_fold_transpose_panels(outs, k, scaled, dtype):
+    """nn.Linear weights written once into the decode layout: bit for bit the fold, transpose and panel copy."""
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(o, k, generator=g).to(dtype).requires_grad_() for o in outs]
+    scale = torch.rand(k, generator=g).to(dtype) + 0.5 if scaled else None
+    with torch.no_grad():
+        folded = torch.cat(parts) * scale if scaled else torch.cat(parts)
+        dense = folded.t().contiguous()
+    for panels in (False, True):
+        got = ops.decode_weight(parts, scale, panels=panels)
+        want = ops.decode_panels(dense) if panels else dense
+        assert got.shape == want.shape and got.is_contiguous() and not got.requires_grad
+        assert torch.equal(got, want)
+
+
 def test_non_contiguous_inputs():
     x, weights, caches, rope = _block_inputs(4, 2, 8, 24, 5, torch.float32)
     strided = [torch.empty(w.shape[1], w.shape[0]).t().copy_(w) for w in weights]  # (in, out) views of (out, in)
