@@ -1,7 +1,8 @@
 """The Lightning Trainer every trainer runs on: loggers, checkpoints, resumable data order, DDP, precision plugins.
 
 Output folder layout: `checkpoints/` (step-NNNNNN.ckpt, last.ckpt), `logs/version_N/` (CSV, and TensorBoard when
-installed; a resumed run writes the next N), plus what the trainer's callbacks write.
+installed; a resumed run writes the next N), `run.lock` while a run trains there (run_folder.py), plus what the
+trainer's callbacks write.
 Multi-node: run the same command on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set (or under torchrun);
 Lightning reads them. More than one process uses DDP (gloo on CPU, NCCL on GPU, HCCL on NPU).
 """

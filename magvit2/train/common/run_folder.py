@@ -81,9 +81,11 @@ class RunLock:
         except (OSError, ValueError):
             pid, host = None, None
         if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+            # another host's pid cannot be checked from here: only a person can tell that lock is stale
+            gone = "" if host == socket.gethostname() else f" (if it is gone, delete {self.path})"
             raise FileExistsError(
                 f"--out: run folder {folder} is in use by pid {pid} on {host} ({self.path}); wait for that run to "
-                "end or choose another --out"
+                f"end or choose another --out{gone}"
             )
         # the holder is dead (or the file is not a lock of ours): take the lock over
         self.path.unlink(missing_ok=True)
