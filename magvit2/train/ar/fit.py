@@ -61,7 +61,7 @@ def fit_ar(
     else:
         tokenizer = ar_tokenizer(config.data.tokenizer, bits)
     module = ARModule(config, tokenizer, class_names=datamodule.class_names)
-    with run_folder(out, resume, steps_per_batch=1) as (ckpt_path, signals):
+    with run_folder(out, resume) as (ckpt_path, signals):
         trainer = build_trainer(
             config,
             out,

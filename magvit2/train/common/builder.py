@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ class StepCheckpoint(ModelCheckpoint):
         # Lightning warns about a non-empty checkpoint folder: a resumed run writes beside its own checkpoints
         if not self.resuming:
             super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        if trainer.is_global_zero:  # said once the file loaded whole (a damaged one stops with its own line)
+            step = checkpoint["global_step"] // self.steps_per_batch
+            print(f"resuming from {trainer.ckpt_path} (step {step})", file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)

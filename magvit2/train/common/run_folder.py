@@ -9,7 +9,8 @@ writes, fresh runs into used folders, the checkpoint `--resume auto` continues f
   goes on any exit that runs Python's cleanup (normal end, error, SIGTERM / SIGINT; not SIGKILL: stale, taken over).
 - removes the temporary files of killed checkpoint writes (AtomicCheckpointIO's `.NAME.PID.tmp`) in checkpoints/;
 - refuses a fresh run (resume None) into a folder that already holds checkpoints: resuming later would mix them;
-- resolves `resume` ('auto': the newest complete checkpoint, resume.resolve_resume) and says which on stderr;
+- resolves `resume` ('auto': the newest complete checkpoint, resume.resolve_resume; StepCheckpoint says which on
+  stderr once it loaded whole, this says when there is none);
 - catches SIGTERM and SIGINT (`StopSignals`): during training the run stops at the end of the step in progress,
   after writing checkpoints/last.ckpt (StepCheckpoint, all processes at the same step), and raises
   `TrainingInterrupted` (exit status 128 + signal: 143, 130); before the first step it stops at once.
@@ -182,12 +183,10 @@ class StopSignals:
 
 
 @contextmanager
-def run_folder(
-    out: str | os.PathLike, resume: str | None, *, steps_per_batch: int = 1
-) -> Iterator[tuple[str | None, StopSignals]]:
+def run_folder(out: str | os.PathLike, resume: str | None) -> Iterator[tuple[str | None, StopSignals]]:
     """Own the run folder `out` for a run (see the module docstring); yields (checkpoint to resume or None, the
     run's StopSignals for StepCheckpoint)."""
-    from magvit2.train.common.resume import checkpoint_step, resolve_resume
+    from magvit2.train.common.resume import resolve_resume
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,12 +203,8 @@ def run_folder(
                 if resume is None:
                     refuse_used_folder(out)
             ckpt_path = resolve_resume(resume, out)
-            if zero and resume is not None:
-                if ckpt_path is None:
-                    print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr)
-                else:
-                    step = checkpoint_step(ckpt_path) // steps_per_batch
-                    print(f"resuming from {ckpt_path} (step {step})", file=sys.stderr, flush=True)
+            if zero and resume is not None and ckpt_path is None:  # the checkpoint found: StepCheckpoint says it
+                print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting fresh", file=sys.stderr)
             yield ckpt_path, signals
         finally:
             lock.release()

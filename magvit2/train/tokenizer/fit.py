@@ -88,7 +88,7 @@ def fit_tokenizer(
     module = TokenizerModule(config)
     t = config.trainer
     grids = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
-    with run_folder(out, resume, steps_per_batch=OPTIMIZERS_PER_STEP) as (ckpt_path, signals):
+    with run_folder(out, resume) as (ckpt_path, signals):
         trainer = build_trainer(
             config,
             out,
