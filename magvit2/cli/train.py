@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from magvit2.cli.args import add_threads
 
@@ -20,11 +21,27 @@ def _run_overrides(args: argparse.Namespace, data_key: str) -> list[str]:
     return overrides
 
 
+def _interruptible(fit, *args, **kwargs):
+    """fit(...), or the exit status 128 + signal of a run stopped by SIGTERM / SIGINT (143 / 130) after one line
+    saying where it saved."""
+    from magvit2.train.common.run_folder import TrainingInterrupted, is_global_zero
+
+    try:
+        return fit(*args, **kwargs)
+    except TrainingInterrupted as e:
+        if is_global_zero():
+            print(f"magvit2 train: {e.message()}", file=sys.stderr, flush=True)
+        return e.code
+
+
 def train_tokenizer(args: argparse.Namespace) -> int:
     from magvit2.train.tokenizer import fit_tokenizer, load_config
 
     config = load_config(args.config, _run_overrides(args, "data.train"))
-    trainer, module = fit_tokenizer(config, args.out, resume=args.resume, progress=not args.no_progress)
+    done = _interruptible(fit_tokenizer, config, args.out, resume=args.resume, progress=not args.no_progress)
+    if isinstance(done, int):
+        return done
+    trainer, module = done
     if trainer.is_global_zero:
         print(f"trained {module.batch_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
     return 0
@@ -39,7 +56,10 @@ def train_ar(args: argparse.Namespace) -> int:
     if args.tokenizer is not None:
         overrides.append(f"data.tokenizer={args.tokenizer}")
     config = load_ar_config(args.config, overrides)
-    trainer, module = fit_ar(config, args.out, resume=args.resume, progress=not args.no_progress)
+    done = _interruptible(fit_ar, config, args.out, resume=args.resume, progress=not args.no_progress)
+    if isinstance(done, int):
+        return done
+    trainer, module = done
     if trainer.is_global_zero:
         print(f"trained {module.global_step} steps; checkpoints in {args.out}/checkpoints (last.ckpt)")
     return 0
@@ -47,7 +67,12 @@ def train_ar(args: argparse.Namespace) -> int:
 
 def _add_run_flags(parser: argparse.ArgumentParser, *, precision: str, steps: str) -> None:
     """The flags every `magvit2 train` command shares (see RUN_FLAGS for the config keys they set)."""
-    parser.add_argument("--resume", help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if any)")
+    parser.add_argument(
+        "--resume",
+        help="checkpoint to continue from, or 'auto' (the newest complete checkpoint in OUT/checkpoints, if any). "
+        "Without it, an OUT that holds checkpoints is refused. One run per OUT at a time (OUT/run.lock). "
+        "SIGTERM / Ctrl-C save OUT/checkpoints/last.ckpt at the end of the step and exit 143 / 130",
+    )
     parser.add_argument("--devices", help="devices per node (int or 'auto')")
     parser.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
     parser.add_argument("--accelerator", help="cpu, gpu, npu or auto")

@@ -19,7 +19,7 @@ from magvit2.train.ar.config import ARTrainConfig
 from magvit2.train.ar.data import ARDataModule
 from magvit2.train.ar.module import ARModule
 from magvit2.train.common.builder import build_trainer
-from magvit2.train.common.resume import resolve_resume
+from magvit2.train.common.run_folder import run_folder
 
 
 def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
@@ -61,16 +61,17 @@ def fit_ar(
     else:
         tokenizer = ar_tokenizer(config.data.tokenizer, bits)
     module = ARModule(config, tokenizer, class_names=datamodule.class_names)
-    ckpt_path = resolve_resume(resume, out)
-    trainer = build_trainer(
-        config,
-        out,
-        callbacks=list(callbacks),
-        progress=progress,
-        steps_per_batch=1,
-        what="AR training",
-        resuming=ckpt_path is not None,
-        gradient_clip_val=config.optim.grad_clip or None,
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with run_folder(out, resume) as (ckpt_path, signals):
+        trainer = build_trainer(
+            config,
+            out,
+            callbacks=list(callbacks),
+            progress=progress,
+            steps_per_batch=1,
+            what="AR training",
+            resuming=ckpt_path is not None,
+            signals=signals,
+            gradient_clip_val=config.optim.grad_clip or None,
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, module

@@ -1,7 +1,8 @@
 """The Lightning Trainer every trainer runs on: loggers, checkpoints, resumable data order, DDP, precision plugins.
 
 Output folder layout: `checkpoints/` (step-NNNNNN.ckpt, last.ckpt), `logs/version_N/` (CSV, and TensorBoard when
-installed; a resumed run writes the next N), plus what the trainer's callbacks write.
+installed; a resumed run writes the next N), `run.lock` while a run trains there (run_folder.py), plus what the
+trainer's callbacks write.
 Multi-node: run the same command on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set (or under torchrun);
 Lightning reads them. More than one process uses DDP (gloo on CPU, NCCL on GPU, HCCL on NPU).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +23,52 @@ from magvit2.ops.threads import resolve_threads
 from magvit2.train.common.io import AtomicCheckpointIO
 from magvit2.train.common.progress import StepProgress, quiet_lightning
 from magvit2.train.common.resume import DataPosition, RngState
+from magvit2.train.common.run_folder import StopSignals, TrainingInterrupted
 
 
 class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes the final state when the run ends between two checkpoint steps (Lightning
-    writes last.ckpt at the end only if it never wrote one), so a finished run's last.ckpt is its last step."""
+    writes last.ckpt at the end only if it never wrote one), so a finished run's last.ckpt is its last step.
+    Our names are overwritten (atomically), never versioned (`last-v1.ckpt` would leave `--resume auto` on a stale
+    last.ckpt). With `signals` (run_folder.StopSignals): a SIGTERM / SIGINT received during training stops every
+    process at the end of the same step (the flag is max-reduced across processes each step), after writing
+    last.ckpt at that step: the state a regular checkpoint of that step holds; then TrainingInterrupted."""
 
-    def __init__(self, *, resuming: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.resuming = resuming
+    def __init__(
+        self, *, resuming: bool = False, signals: StopSignals | None = None, steps_per_batch: int = 1, **kwargs: Any
+    ) -> None:
+        super().__init__(enable_version_counter=False, **kwargs)
+        self.resuming, self.signals, self.steps_per_batch = resuming, signals, steps_per_batch
 
     def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:
         # Lightning warns about a non-empty checkpoint folder: a resumed run writes beside its own checkpoints
         if not self.resuming:
             super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        if trainer.is_global_zero:  # said once the file loaded whole (a damaged one stops with its own line)
+            step = checkpoint["global_step"] // self.steps_per_batch
+            print(f"resuming from {trainer.ckpt_path} (step {step})", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.signals is not None:
+            self.signals.defer()  # after Lightning installed its SIGTERM handler: ours again
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.signals is None:
+            return
+        signum = self.signals.received
+        if trainer.world_size > 1:  # every process stops at the same step (rank 0 writes the checkpoint)
+            flag = torch.tensor(float(signum), device=pl_module.device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if not signum:
+            return
+        if trainer.global_step > self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        raise TrainingInterrupted(signum, self.last_model_path, trainer.global_step // self.steps_per_batch)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > self._last_global_step_saved:
@@ -81,12 +115,14 @@ def build_trainer(
     gradient_clip_val: float | None = None,
     what: str = "training",
     resuming: bool = False,
+    signals: StopSignals | None = None,
 ) -> L.Trainer:
     """The Lightning Trainer of a run: loggers, step checkpoints (atomic, weights-only on resume), the resumable data
     position and RNG states, DDP when more than one process, NPU and CPU fp16 precision plugins, and the trainer's
     own `callbacks`. steps_per_batch: optimizer steps Lightning counts per training batch (2 for the tokenizer's G
     and D updates). Prints one progress bar in training steps (`what` names the run), none of Lightning's chatter.
-    resuming: the run continues from a checkpoint in out_dir (no warning that its checkpoint folder is not empty)."""
+    resuming: the run continues from a checkpoint in out_dir (no warning that its checkpoint folder is not empty).
+    signals: the run's StopSignals (run_folder.run_folder): SIGTERM / SIGINT save last.ckpt and stop the run."""
     t = config.trainer
     out = Path(out_dir)
     version = next_log_version(out / "logs")  # both loggers write logs/version_N (a resumed run: the next N)
@@ -95,6 +131,8 @@ def build_trainer(
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="logs", version=version, default_hp_metric=False))
     checkpoints = StepCheckpoint(
         resuming=resuming,
+        signals=signals,
+        steps_per_batch=steps_per_batch,
         dirpath=out / "checkpoints",
         filename="step-{batches:06.0f}",
         auto_insert_metric_name=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +130,43 @@ class RngState(Callback):
         random.setstate((version, tuple(internal.tolist()), gauss_next))
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The global step stored in a Lightning checkpoint; -1 when the file is incomplete (a torch.save file is a zip
+    archive: one cut short has no central directory). Reads the metadata only (tensors mmapped). A complete file
+    that does not load weights-only raises (CheckpointError, a ValueError naming the file): never skipped quietly."""
+    import zipfile
+
+    from magvit2.nn.weights import safe_torch_load
+
+    if not zipfile.is_zipfile(path):
+        return -1
+    try:
+        with warnings.catch_warnings():  # a plain pickle draws a protocol warning; safe_torch_load says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        ckpt = safe_torch_load(path)  # raises with the reason (a pickle that would run code, a damaged file)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("global_step"), int):
+        raise ValueError(f"--resume: {path} is not a training checkpoint (no global_step)")
+    return ckpt["global_step"]
+
+
+def newest_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The complete checkpoint of `folder` (last.ckpt, step-*.ckpt) with the highest stored step; last.ckpt on a
+    tie. A kill during the first last.ckpt write leaves a complete step file: that one is found."""
+    folder = Path(folder)
+    candidates = [folder / "last.ckpt", *sorted(folder.glob("step-*.ckpt"), reverse=True)]
+    steps = [(checkpoint_step(p), -i, p) for i, p in enumerate(candidates) if p.is_file()]
+    best = max(steps, default=None)
+    return str(best[2]) if best is not None and best[0] >= 0 else None
+
+
 def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> str | None:
-    """--resume PATH, or 'auto': <out>/checkpoints/last.ckpt when it exists (a fresh run otherwise)."""
+    """--resume PATH, or 'auto': the newest complete checkpoint in <out>/checkpoints (a fresh run when none)."""
     if resume is None:
         return None
     if resume == "auto":
-        last = Path(out_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        return newest_checkpoint(Path(out_dir) / "checkpoints")
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
     return resume

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 from magvit2.data.images import contact_sheet, to_uint8
 from magvit2.train.common.builder import build_trainer
-from magvit2.train.common.resume import resolve_resume
+from magvit2.train.common.run_folder import run_folder
 from magvit2.train.tokenizer.config import TrainConfig
 from magvit2.train.tokenizer.data import ImageDataModule
 from magvit2.train.tokenizer.module import OPTIMIZERS_PER_STEP, TokenizerModule
@@ -88,18 +88,19 @@ def fit_tokenizer(
     module = TokenizerModule(config)
     t = config.trainer
     grids = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
-    ckpt_path = resolve_resume(resume, out)
-    trainer = build_trainer(
-        config,
-        out,
-        callbacks=[grids, *callbacks],
-        progress=progress,
-        strategy=strategy,
-        steps_per_batch=OPTIMIZERS_PER_STEP,
-        what="tokenizer training",
-        resuming=ckpt_path is not None,
-    )
-    if trainer.is_global_zero:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with run_folder(out, resume) as (ckpt_path, signals):
+        trainer = build_trainer(
+            config,
+            out,
+            callbacks=[grids, *callbacks],
+            progress=progress,
+            strategy=strategy,
+            steps_per_batch=OPTIMIZERS_PER_STEP,
+            what="tokenizer training",
+            resuming=ckpt_path is not None,
+            signals=signals,
+        )
+        if trainer.is_global_zero:
+            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, module
