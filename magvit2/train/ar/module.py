@@ -111,8 +111,10 @@ class ARModule(L.LightningModule):
         self.log("batches", float(self.global_step + 1), on_step=True, logger=False, batch_size=pre.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.config.optim.decay_norms and self.global_step == 1:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Before every update after the first (not once at the end of step 1: a checkpoint taken at step 1 is saved
+        # before a module's batch-end hook runs, and a run resumed from it would never decay the norms).
+        if self.config.optim.decay_norms and self.global_step >= 1:
             for group in self.optimizers().param_groups:
                 group["weight_decay"] = self.config.optim.weight_decay
 

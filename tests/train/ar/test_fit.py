@@ -56,6 +56,19 @@ def test_weight_decay_only_on_matrices(tokens, tmp_path, decay_norms):
     assert [step[1][0] for step in seen[1:]] == ([0.05, 0.05] if decay_norms else [0.0, 0.0])
 
 
+def test_decay_norms_survives_a_resume_from_step_1(tokens, tmp_path):
+    """The norms' weight decay starts with the second update, also in a run resumed from a step-1 checkpoint."""
+    overrides = [f"data.tokens={tokens / 'tokens'}", "optim.decay_norms=true", "trainer.checkpoint_every_n_steps=1"]
+    _, straight = fit_ar(load_ar_config("ar-tiny", [*overrides, "trainer.max_steps=3"]), tmp_path / "a", progress=False)
+    fit_ar(load_ar_config("ar-tiny", [*overrides, "trainer.max_steps=1"]), tmp_path / "b", progress=False)
+    config = load_ar_config("ar-tiny", [*overrides, "trainer.max_steps=3"])
+    _, resumed = fit_ar(config, tmp_path / "b", resume="auto", progress=False)
+    assert [g["weight_decay"] for g in resumed.optimizers().optimizer.param_groups] == [0.05, 0.05]
+    a, b = straight.state_dict(), resumed.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 @pytest.fixture(scope="module")
 def trained(tokens, tmp_path_factory):
     """30 steps of `magvit2 train ar` on the two-class shards, exported to a model folder: (run, model)."""
