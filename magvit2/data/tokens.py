@@ -205,6 +205,9 @@ class TokenShards(torch.utils.data.Dataset):
                 f"{index}: factorized_bits must be positive ints summing to log2(codebook_size) = "
                 f"{int(math.log2(size))}, got {bits!r}"
             )
+        z = (meta.get("model_config") or {}).get("z_channels")
+        if isinstance(z, int) and 2**z != size:
+            raise ValueError(f"{index}: codebook_size is {size} but model_config.z_channels is {z} (2^{z} codes)")
         if meta.get("dtype", "int32") not in ("int32", "int64"):
             raise ValueError(f"{index}: dtype must be int32 (or int64), got {meta.get('dtype')!r}")
         return grid, size

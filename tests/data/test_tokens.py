@@ -91,6 +91,7 @@ def test_index_fields_are_checked_against_the_shards(tmp_path):
         ({"codebook_size": 2**10, "factorized_bits": None}, r"indices span \[0, 7000\], expected \[0, 1024\)"),
         ({"shards": [{"file": "shard-00000.safetensors", "count": 3}]}, "holds 2 token grids but its count is 3"),
         ({"dtype": "float32"}, "dtype must be int32"),
+        ({"model_config": {"z_channels": 16}}, r"codebook_size is 262144 but model_config.z_channels is 16"),
     ]
     for change, says in cases:
         folder = _folder(tmp_path, f"t{len(list(tmp_path.iterdir()))}")
