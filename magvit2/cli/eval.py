@@ -10,6 +10,7 @@ from magvit2.cli.args import MODEL_HELP, add_threads
 
 def eval_tokenizer(args: argparse.Namespace) -> int:
     from magvit2.checkpoints import load_checkpoint
+    from magvit2.data.images import skipped_summary
     from magvit2.eval import evaluate_folder, write_report
     from magvit2.ops.threads import using_threads
 
@@ -30,6 +31,7 @@ def eval_tokenizer(args: argparse.Namespace) -> int:
         )
     write_report(metrics, metrics.counts, args.out)
     print(json.dumps(metrics.to_dict(), indent=2))
+    print(f"evaluated {skipped_summary(metrics.num_images, metrics.skipped)}")
     print(f"wrote {args.out}/metrics.json and codebook_usage.png")
     return 0
 

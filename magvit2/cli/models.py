@@ -79,6 +79,7 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 
 def encode(args: argparse.Namespace) -> int:
+    from magvit2.data.images import skipped_summary
     from magvit2.ops.threads import using_threads
     from magvit2.pipelines.encode import encode_folder
 
@@ -100,6 +101,8 @@ def encode(args: argparse.Namespace) -> int:
         f"encoded {summary.num_images} images to {summary.grid[0]}x{summary.grid[1]} tokens in "
         f"{summary.num_shards} shard(s); index {summary.index}"
     )
+    if summary.skipped:
+        print(f"encoded {skipped_summary(summary.num_images, summary.skipped)}")
     return 0
 
 

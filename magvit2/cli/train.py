@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from magvit2.cli.args import add_threads
 
@@ -51,8 +52,10 @@ def train_ar(args: argparse.Namespace) -> int:
     from magvit2.train.ar.config import load_ar_config
     from magvit2.train.ar.fit import fit_ar
 
-    # --data names token shards or, with --tokenizer, images to tokenize on the fly
-    overrides = _run_overrides(args, "data.tokens" if args.tokenizer is None else "data.images")
+    # --data names token shards or, with --tokenizer, images to tokenize on the fly; shards (a folder holding
+    # tokens.json) with --tokenizer: the tokenizer that encoded them, moved since
+    shards = args.tokenizer is None or (args.data is not None and Path(args.data, "tokens.json").is_file())
+    overrides = _run_overrides(args, "data.tokens" if shards else "data.images")
     if args.tokenizer is not None:
         overrides.append(f"data.tokenizer={args.tokenizer}")
     config = load_ar_config(args.config, overrides)
@@ -102,7 +105,11 @@ def add_commands(commands) -> None:
         help="token folder written by magvit2 encode, or an image folder tokenized on the fly with --tokenizer "
         "(class = the images' parent folder)",
     )
-    ar.add_argument("--tokenizer", help="frozen tokenizer (directory or checkpoint) for tokens on the fly")
+    ar.add_argument(
+        "--tokenizer",
+        help="frozen tokenizer (directory or checkpoint) for tokens on the fly; with token shards: the tokenizer "
+        "that encoded them when it moved (checked against the config hash in tokens.json)",
+    )
     ar.add_argument("--out", default="runs/ar", help="run folder (checkpoints/, logs/)")
     _add_run_flags(ar, precision="", steps="optimizer steps")
     ar.set_defaults(func=train_ar)

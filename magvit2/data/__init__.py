@@ -1,8 +1,16 @@
 """Data only, no model call: image files -> tensors (`images`, `datasets`), token shards and the packing of group
 indices (`tokens`). Models run over files in magvit2/pipelines."""
 
-from magvit2.data.datasets import CenterCropFolder, ImageFiles, LabeledCropFolder, RandomCropFolder
-from magvit2.data.images import contact_sheet, list_images, load_image, to_uint8, uint8_levels, usable_images
+from magvit2.data.datasets import CenterCropFolder, ImageFiles, LabeledCropFolder, RandomCropFolder, ReadableBatches
+from magvit2.data.images import (
+    contact_sheet,
+    list_images,
+    load_image,
+    scan_images,
+    to_uint8,
+    uint8_levels,
+    usable_images,
+)
 from magvit2.data.tokens import TokenShards, TokenShardWriter, pack_groups, unpack_groups
 
 __all__ = [
@@ -10,12 +18,14 @@ __all__ = [
     "ImageFiles",
     "LabeledCropFolder",
     "RandomCropFolder",
+    "ReadableBatches",
     "TokenShardWriter",
     "TokenShards",
     "contact_sheet",
     "list_images",
     "load_image",
     "pack_groups",
+    "scan_images",
     "to_uint8",
     "uint8_levels",
     "unpack_groups",

@@ -19,6 +19,10 @@ import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 MAX_PIXELS = 178_956_970  # larger images are skipped, not decoded (PIL's own bomb limit; 537 MB as RGB)
+# Longer / shorter side above this: skipped. Resizing the shorter side to `size` scales the longer one by the same
+# factor, so a 4 KB 1 x 2,000,000 PNG would become 256 x 512,000,000 pixels (393 GB as RGB); at 64 a 256 crop's
+# resize stays under 12.6 MB. Panoramas (about 10:1) pass.
+MAX_ASPECT = 64
 WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 
 
@@ -27,35 +31,54 @@ class UnreadableImage(ValueError):
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder` (recursive), sorted by relative path so runs are reproducible."""
+    """Image files under `folder` (recursive), sorted by relative path so runs are reproducible. A sub-folder that
+    cannot be listed (permission denied) is an error naming it: skipping it would drop a class and shift the class
+    ids of every later folder."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    def refuse(e: OSError) -> None:
+        raise ValueError(f"cannot list the folder {e.filename} under {root}: {e.strerror or e}; fix or remove it")
+
+    files = sorted(
+        Path(top, name)
+        for top, _, names in os.walk(root, onerror=refuse)  # symlinked folders are not entered (as rglob)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS and Path(top, name).is_file()
+    )
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return files
 
 
 def _open_checked(path: Path):
-    """The lazily opened PIL image (header read, pixels not decoded), or UnreadableImage saying why."""
+    """The lazily opened PIL image (header read, pixels not decoded), or UnreadableImage saying why. Any exception
+    while reading the header is the file's fault (PIL raises ValueError, SyntaxError, struct.error, OSError,
+    DecompressionBombError, ... on hostile headers: a huge text chunk, a bad PPM maxval), so all of them are."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage(f"{path}: empty file")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+            warnings.simplefilter("ignore")  # we apply our own size limit; PIL's warnings on corrupt metadata
             im = Image.open(path)
+            width, height = im.size
+    except UnreadableImage:
+        raise
     except UnidentifiedImageError:
         raise UnreadableImage(f"{path}: not an image file PIL can read") from None
     except Image.DecompressionBombError:
         raise UnreadableImage(f"{path}: larger than {MAX_PIXELS} pixels") from None
-    except OSError as e:
+    except Exception as e:  # any: see the docstring
         raise UnreadableImage(f"{path}: {type(e).__name__}: {e}") from None
-    if im.width * im.height > MAX_PIXELS:
+    if width * height > MAX_PIXELS:
         im.close()
-        raise UnreadableImage(f"{path}: {im.width}x{im.height} is larger than {MAX_PIXELS} pixels")
+        raise UnreadableImage(f"{path}: {width}x{height} is larger than {MAX_PIXELS} pixels")
+    if max(width, height) > MAX_ASPECT * max(min(width, height), 1):
+        im.close()
+        raise UnreadableImage(f"{path}: {width}x{height} has an aspect ratio above {MAX_ASPECT}:1")
     return im
 
 
@@ -76,15 +99,13 @@ def open_rgb(path: str | os.PathLike):
                 gray = np.clip(np.round(wide * scale), 0, 255).astype(np.uint8)
                 return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
             return im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        except Exception as e:  # truncated or corrupt data, whatever PIL raises for it
             raise UnreadableImage(f"{path}: {type(e).__name__}: {e}") from None
 
 
-def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[Path]:
-    """The paths whose header opens as an image of at most MAX_PIXELS; the rest are dropped with ONE warning giving
-    their count and the first `show` with the reason. Only headers are read (about 0.1 ms a file): a file that
-    fails later, when decoded (truncated data), is replaced by the next readable one (see `load_or_next`).
-    Raises ValueError when no path is usable."""
+def scan_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """(the paths whose header opens as an image of at most MAX_PIXELS and aspect ratio MAX_ASPECT, the reasons
+    "<path>: <why>" of the others). Only headers are read (about 0.1 ms a file)."""
     good, bad = [], []
     for path in map(Path, paths):
         try:
@@ -92,8 +113,25 @@ def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[
             good.append(path)
         except UnreadableImage as e:
             bad.append(str(e))
+    return good, bad
+
+
+def skipped_summary(count: int, skipped: Sequence[str], *, show: int = 5) -> str:
+    """ "N images, M skipped (unreadable): <the first `show` reasons>" (or "N images" when none was skipped)."""
+    if not skipped:
+        return f"{count} images"
+    first = "; ".join(skipped[:show]) + ("; ..." if len(skipped) > show else "")
+    return f"{count} images, {len(skipped)} skipped (unreadable): {first}"
+
+
+def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[Path]:
+    """The paths `scan_images` keeps; the rest are dropped with ONE warning giving their count and the first `show`
+    with the reason. A file that fails later, when decoded (truncated data), is replaced by the next readable one in
+    training (see `load_or_next`), skipped and counted in encoding and evaluation (`ImageFiles`).
+    Raises ValueError when no path is usable."""
+    good, bad = scan_images(paths)
+    first = "; ".join(bad[:show]) + ("; ..." if len(bad) > show else "")
     if bad:
-        first = "; ".join(bad[:show]) + ("; ..." if len(bad) > show else "")
         warnings.warn(f"skipped {len(bad)} of {len(paths)} image files that cannot be read: {first}", stacklevel=2)
     if not good:
         raise ValueError(f"none of the {len(bad)} image files can be read: {first}")

@@ -8,8 +8,9 @@ which is the same number when every batch is full and does not depend on the bat
 
 Example:
     >>> model = Tokenizer.from_pretrained("ckpt/").eval()
-    >>> loader = DataLoader(ImageFiles(files, size=256), batch_size=8)   # yields (images, index) tuples
-    >>> metrics = evaluate_tokenizer(model, loader, inception=InceptionV3FID.from_file(path), device="cuda")
+    >>> loader = DataLoader(ImageFiles(files, size=256, multiple_of=16), batch_size=8, collate_fn=ImageFiles.collate)
+    >>> batches = ReadableBatches(loader)  # (images, ids) of the files that decode; the others in batches.skipped
+    >>> metrics = evaluate_tokenizer(model, batches, inception=InceptionV3FID.from_file(path), device="cuda")
     >>> write_report(metrics, metrics.counts, "eval_out/")
 """
 
@@ -36,8 +37,9 @@ LpipsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclasses.dataclass
 class TokenizerMetrics:
-    """Means over `num_images` images; lpips / rfid are None when not computed. `counts` (int64 (codebook_size,),
-    the per-code histogram for `write_report`) is not part of `to_dict`."""
+    """Means over `num_images` images; lpips / rfid are None when not computed. `num_skipped` image files could not
+    be read (`evaluate_folder`) and are in no mean; `skipped` names them ("<path>: <why>"). `counts` (int64
+    (codebook_size,), the per-code histogram for `write_report`) and `skipped` are not part of `to_dict`."""
 
     psnr: float
     ssim: float
@@ -48,10 +50,12 @@ class TokenizerMetrics:
     codebook_size: int
     perplexity: float
     num_images: int
+    num_skipped: int = 0
     counts: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+    skipped: list[str] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "counts"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("counts", "skipped")}
 
 
 def _images_of(batch, device: torch.device) -> torch.Tensor:
@@ -198,21 +202,35 @@ def evaluate_folder(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> TokenizerMetrics:
-    """`evaluate_tokenizer` over the images under `folder` (the first `limit`, official preprocessing at `size`);
-    rFID with the pytorch-fid Inception weights file `inception`, LPIPS with a VGG16 weights file `lpips_backbone`."""
+    """`evaluate_tokenizer` over the images under `folder` (the first `limit` files, official preprocessing at
+    `size`); rFID with the pytorch-fid Inception weights file `inception`, LPIPS with a VGG16 weights file
+    `lpips_backbone`. Files that cannot be read (a bad header, truncated data) are skipped: the metrics are over
+    the readable images only, `num_skipped` counts the others and `skipped` names them."""
     from torch.utils.data import DataLoader
 
-    from magvit2.data.datasets import ImageFiles
-    from magvit2.data.images import list_images
+    from magvit2.data.datasets import ImageFiles, ReadableBatches
+    from magvit2.data.images import list_images, scan_images
     from magvit2.eval.inception import InceptionV3FID
 
-    files = list_images(folder)[:limit]
+    files, bad_headers = scan_images(list_images(folder)[:limit])
+    if not files:
+        raise ValueError(f"none of the {len(bad_headers)} image files can be read: {bad_headers[0]}")
     dataset = ImageFiles(files, size=size, multiple_of=model.downsample_factor)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    batches = ReadableBatches(
+        DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=ImageFiles.collate)
+    )
     net = InceptionV3FID.from_file(inception).to(device).eval() if inception else None
     lpips = None
     if lpips_backbone:
         from magvit2.nn.lpips import LPIPS
 
         lpips = LPIPS(backbone=lpips_backbone, heads=lpips_heads).to(device).eval()
-    return evaluate_tokenizer(model, loader, inception=net, lpips=lpips, device=device, progress=progress)
+    try:
+        metrics = evaluate_tokenizer(model, batches, inception=net, lpips=lpips, device=device, progress=progress)
+    except ValueError as e:
+        if "gave no images" not in str(e):
+            raise
+        raise ValueError(f"none of the {len(files) + len(bad_headers)} image files can be read: "
+                         f"{(bad_headers + batches.skipped)[0]}") from None  # fmt: skip
+    skipped = sorted(bad_headers + batches.skipped, key=lambda reason: reason.split(": ")[0])  # path order
+    return dataclasses.replace(metrics, num_skipped=len(skipped), skipped=skipped)

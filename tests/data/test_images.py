@@ -123,7 +123,13 @@ def test_encode_and_training_data_on_a_messy_folder(messy, tmp_path):
     shards = TokenShards(tmp_path / "tokens")
     assert summary.num_images == 5 and len(shards) == 5  # 9 files - 3 bad headers - 1 truncated, none twice
     assert sorted(shards.sources) == ["a_good.png", "b_gray.png", "c_rgba.png", "d_cmyk.jpg", "e_16bit.png"]
-    assert sum("skipped 3 of 9" in str(w.message) for w in caught) == 1
+    assert [r.split(": ")[0].rsplit("/", 1)[1] for r in summary.skipped] == [
+        "f_truncated.jpg",
+        "g_empty.png",
+        "h_text.jpg",
+        "i_huge.png",
+    ]  # fmt: skip  (3 bad headers, 1 decode failure: skipped, not replaced)
+    assert not [w for w in caught if "decode" in str(w.message)]
     data = ImageDataModule(DataConfig(train=str(messy), size=32, batch_size=2, num_workers=1))
     with pytest.warns(UserWarning, match="skipped 3 of 9"):
         data.setup("fit")
@@ -131,3 +137,61 @@ def test_encode_and_training_data_on_a_messy_folder(messy, tmp_path):
         warnings.simplefilter("ignore")
         batch = next(iter(data.train_dataloader()))
     assert batch.shape == (2, 3, 32, 32)
+
+
+def test_hostile_headers_and_elongated_images_are_skipped_and_named(tmp_path):
+    from magvit2.data.images import MAX_ASPECT, scan_images
+
+    from .hostile import write_bad_headers, write_photos, write_wide_png
+
+    bad = write_bad_headers(tmp_path)  # PIL raises ValueError / OSError on these while reading the header
+    write_wide_png(tmp_path / "wide.png")  # 4 KB; 256 x 512,000,000 pixels once its shorter side is resized to 256
+    write_wide_png(tmp_path / "tall.png", width=1, height=MAX_ASPECT + 1)
+    write_wide_png(tmp_path / "panorama.png", width=MAX_ASPECT, height=1)  # at the limit: kept
+    write_photos(tmp_path, ["photo.png"])
+    with pytest.warns(UserWarning) as caught:
+        good = usable_images(list_images(tmp_path))
+    assert [p.name for p in good] == ["panorama.png", "photo.png"]
+    message = str(caught[0].message)
+    assert len(caught) == 1 and message.startswith("skipped 7 of 9 image files")
+    assert "huge_text.png: ValueError: Decompressed data too large" in message
+    assert "bad_maxval.ppm: ValueError: maxval" in message
+    good, reasons = scan_images(list_images(tmp_path))
+    assert f"{tmp_path / 'wide.png'}: 2000000x1 has an aspect ratio above {MAX_ASPECT}:1" in reasons
+    assert sorted(r.split(": ")[0].rsplit("/", 1)[1] for r in reasons) == sorted([*bad, "tall.png", "wide.png"])
+    with pytest.raises(UnreadableImage, match="aspect ratio"):
+        load_image(tmp_path / "wide.png", size=32)  # the load path refuses it too, before decoding
+
+
+def _without_root_override() -> list[str]:
+    """A command prefix that drops root's permission override (root reads a chmod 000 folder), or [] for a user."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a chmod 000 folder cannot be made unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+
+
+def test_an_unreadable_sub_folder_is_named_not_skipped(tmp_path):
+    import subprocess
+    import sys
+
+    from .hostile import write_photos
+
+    for label in ("ant", "bee", "cat"):
+        write_photos(tmp_path / "data" / label, ["0.png"])
+    (tmp_path / "data" / "bee").chmod(0)
+    code = "from magvit2.data.images import list_images, folder_labels; print(folder_labels(list_images('data'))[0])"
+    try:
+        run = subprocess.run([*_without_root_override(), sys.executable, "-c", code], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        (tmp_path / "data" / "bee").chmod(0o755)
+    # before: ['ant', 'cat'], so cat got bee's id 1
+    assert run.returncode == 1 and "['ant', 'cat']" not in run.stdout
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == "ValueError: cannot list the folder data/bee under data: Permission denied; fix or remove it"

@@ -154,7 +154,7 @@ def test_write_report(tiny, crops32, tmp_path):
     data = json.loads(paths["metrics"].read_text())
     assert data == pytest.approx(m.to_dict())
     assert set(data) == {"psnr", "ssim", "lpips", "rfid", "utilization", "used_codes", "codebook_size",
-                         "perplexity", "num_images"}  # fmt: skip
+                         "perplexity", "num_images", "num_skipped"}  # fmt: skip
     assert data["rfid"] is None and data["lpips"] == 0.0 and data["num_images"] == 2
     with Image.open(paths["codebook_usage"]) as im:
         assert im.format == "PNG" and im.size[0] > 100

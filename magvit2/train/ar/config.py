@@ -37,7 +37,8 @@ class AROptimConfig:
 class ARDataConfig:
     tokens: str | None = None  # folder written by `magvit2 encode` (factorized or full indices)
     images: str | None = None  # or an image folder (class = parent folder), tokenized on the fly by ...
-    tokenizer: str | None = None  # ... this frozen tokenizer (our directory or a training/official checkpoint)
+    tokenizer: str | None = None  # ... this frozen tokenizer (our directory or a training/official checkpoint);
+    # with tokens: the tokenizer that encoded them, where tokens.json's recorded path no longer holds it
     size: int = 256  # on the fly: shorter side resized to size, random size x size crop (official)
     batch_size: int = 24
     num_workers: int = 4

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from magvit2.checkpoints.image import build_from_state, load_checkpoint
-from magvit2.data.tokens import INDEX_NAME
+from magvit2.data.tokens import INDEX_NAME, config_sha256
 from magvit2.train.ar.config import ARTrainConfig
 from magvit2.train.ar.data import ARDataModule
 from magvit2.train.ar.module import ARModule
@@ -22,25 +23,45 @@ from magvit2.train.common.builder import build_trainer
 from magvit2.train.common.run_folder import run_folder
 
 
-def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int]):
-    """The tokenizer directory that `magvit2 encode` recorded for these shards, with the AR token split, or None."""
+def tokenizer_of_shards(directory: str | os.PathLike, bits: tuple[int, int], tokenizer: str | None = None):
+    """The tokenizer that encoded these shards, with the AR token split: `tokenizer` when given (data.tokenizer: the
+    tokenizer moved), else the path `magvit2 encode` recorded in tokens.json. Its config must hash as the recorded
+    `model_config_sha256`; older folders (without the hash) record a path as typed, taken relative to the current
+    directory, and their stored `model_config` is hashed instead. Raises FileNotFoundError when no tokenizer is
+    found (the checkpoints hold it: training goes on only with it), ValueError when it is another one."""
     index = Path(directory) / INDEX_NAME
     if not index.is_file():
         raise FileNotFoundError(
             f"{index} not found: not a token folder written by `magvit2 encode` (images: add --tokenizer MODEL)"
         )
     meta = json.loads(index.read_text())
-    source = meta.get("model")
-    if not source or not Path(source).exists():
-        return None
-    return ar_tokenizer(source, bits)
+    source = tokenizer or meta.get("model")
+    point = "point at the tokenizer that encoded them with --tokenizer PATH (or --set data.tokenizer=PATH)"
+    if not source:
+        raise FileNotFoundError(f"{index} records no tokenizer (field model): {point}")
+    if not Path(source).exists():
+        given = "data.tokenizer" if tokenizer else f"the tokenizer recorded in {index} (field model)"
+        raise FileNotFoundError(f"{given} {source} not found (moved?): {point}")
+    want = meta.get("model_config_sha256")
+    if want is None and isinstance(meta.get("model_config"), dict):  # written before the hash existed
+        want = config_sha256(meta["model_config"])
+    tok = load_checkpoint(source)
+    got = config_sha256(tok.config.to_dict())
+    if want is not None and got != want:
+        raise ValueError(
+            f"tokenizer {source}: its config (sha256 {got[:12]}) is not the one that encoded {index} "
+            f"(model_config_sha256 {want[:12]}): {point}"
+        )
+    return ar_tokenizer(tok, bits, name=str(source))
 
 
-def ar_tokenizer(source: str | os.PathLike, bits: tuple[int, int]):
-    """A tokenizer (directory or checkpoint) built with the AR token split, frozen."""
-    tok = load_checkpoint(source)  # built again with the AR split rather than patched after construction
+def ar_tokenizer(source, bits: tuple[int, int], *, name: str | None = None):
+    """A tokenizer (directory or checkpoint, or one loaded from there: `name` its path) built with the AR token
+    split, frozen."""
+    tok = source if isinstance(source, torch.nn.Module) else load_checkpoint(source)
+    # built again with the AR split rather than patched after construction
     config = dataclasses.replace(tok.config, factorized_bits=tuple(bits))
-    return build_from_state(config, tok.state_dict(), str(source)).eval().requires_grad_(False)
+    return build_from_state(config, tok.state_dict(), str(name or source)).eval().requires_grad_(False)
 
 
 def fit_ar(
@@ -55,9 +76,10 @@ def fit_ar(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     bits = config.ar_config().factorized_bits
-    datamodule = ARDataModule(config.data, bits, seed=config.trainer.seed)
+    block_size = config.ar_config().block_size
+    datamodule = ARDataModule(config.data, bits, seed=config.trainer.seed, block_size=block_size)
     if config.data.tokens is not None:
-        tokenizer = tokenizer_of_shards(config.data.tokens, bits)
+        tokenizer = tokenizer_of_shards(config.data.tokens, bits, config.data.tokenizer)
     else:
         tokenizer = ar_tokenizer(config.data.tokenizer, bits)
     module = ARModule(config, tokenizer, class_names=datamodule.class_names)
