@@ -81,8 +81,10 @@ def test_ar_skips_a_step_with_an_infinite_gradient(tokens, tmp_path):
 
 def test_infinite_gradients_in_a_row_stop_the_run(tmp_path):
     spy = InfGradient(lambda m: m.decoder.conv_out.weight, batches=[1, 2])
-    with pytest.warns(UserWarning), pytest.raises(NonFiniteLossError, match="2 in a row, more than .*=1; stopping"):
+    stop = r"non-finite gradient \(finite loss\) at step 1: 2 in a row, more than .*=1; stopping"
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteLossError, match=stop):
         _tokenizer(tmp_path, spy, steps=4, limit=1)
+    assert all(_finite(p) for p in spy.after)  # the skipped steps left the weights finite
 
 
 def test_no_checkpoint_holds_non_finite_weights(tmp_path):
