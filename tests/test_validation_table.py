@@ -56,7 +56,7 @@ TABLE = [
     ("config value", lambda: load_config("tiny", ["data.batch_size=0"]), r"data.batch_size must be a positive int, got 0"),
     ("config val steps", lambda: load_config("tiny", ["trainer.val_every_n_steps=0"]), r"trainer.val_every_n_steps must be a positive int or null"),
     ("AR config key", lambda: load_ar_config("ar-tiny", ["optim.lrr=1"]), r"optim: unknown key\(s\) \['lrr'\]; valid keys"),
-    ("AR config lr", lambda: load_ar_config("ar-tiny", ["optim.lr=0"]), r"optim.lr must be > 0, got 0"),
+    ("AR config lr", lambda: load_ar_config("ar-tiny", ["optim.lr=0"]), r"optim.lr must be a finite number > 0, got 0"),
     ("AR data source", lambda: ARDataConfig(images="x").check_source(), r"tokens on the fly need data.tokenizer"),
 ]  # fmt: skip
 

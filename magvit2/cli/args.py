@@ -33,6 +33,17 @@ def ints(text: str) -> tuple[int, int]:
     return (int(a), int(b))
 
 
+def positive_int(text: str) -> int:
+    """A count such as --max-steps or --limit: a positive integer (0 and negatives mean nothing sensible here)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 MODEL_HELP = "model directory (magvit2 export / save_pretrained) or an official .ckpt"
 
 

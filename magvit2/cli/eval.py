@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from magvit2.cli.args import MODEL_HELP, add_threads
+from magvit2.cli.args import MODEL_HELP, add_threads, positive_int
 
 
 def eval_tokenizer(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def add_commands(commands) -> None:
     et.add_argument("--out", default="eval-out", help="folder for metrics.json and codebook_usage.png")
     et.add_argument("--size", type=int, default=256, help="resize shorter side + center crop")
     et.add_argument("--batch-size", type=int, default=8)
-    et.add_argument("--limit", type=int, default=None, help="first N images only")
+    et.add_argument("--limit", type=positive_int, default=None, help="first N images only")
     et.add_argument("--inception", help="pytorch-fid weights pt_inception-2015-12-05-6726825d.pth (enables rFID)")
     et.add_argument("--lpips-backbone", help="torchvision VGG16 weights file (enables LPIPS)")
     et.add_argument("--lpips-heads", default="auto", help="LPIPS head weights (default: the copy in torchmetrics)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from magvit2.cli.args import add_threads
+from magvit2.cli.args import add_threads, positive_int
 
 RUN_FLAGS = (("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"), ("max_steps", "trainer.max_steps"),
              ("accelerator", "trainer.accelerator"), ("precision", "trainer.precision"),
@@ -24,7 +24,9 @@ def _run_overrides(args: argparse.Namespace, data_key: str) -> list[str]:
 
 def _interruptible(fit, *args, **kwargs):
     """fit(...), or the exit status 128 + signal of a run stopped by SIGTERM / SIGINT (143 / 130) after one line
-    saying where it saved."""
+    saying where it saved, or 1 after one line for a run stopped by non-finite values (a training failure, not a
+    usage error)."""
+    from magvit2.train.common.guard import NonFiniteLossError
     from magvit2.train.common.run_folder import TrainingInterrupted, is_global_zero
 
     try:
@@ -33,6 +35,10 @@ def _interruptible(fit, *args, **kwargs):
         if is_global_zero():
             print(f"magvit2 train: {e.message()}", file=sys.stderr, flush=True)
         return e.code
+    except NonFiniteLossError as e:
+        if is_global_zero():
+            print(f"magvit2 train: error: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 def train_tokenizer(args: argparse.Namespace) -> int:
@@ -80,7 +86,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, *, precision: str, steps: st
     parser.add_argument("--num-nodes", type=int, help="nodes; set MASTER_ADDR, MASTER_PORT, NODE_RANK on each")
     parser.add_argument("--accelerator", help="cpu, gpu, npu or auto")
     parser.add_argument("--precision", help=f"32-true, bf16-mixed or 16-mixed {precision}".strip())
-    parser.add_argument("--max-steps", type=int, help=steps)
+    parser.add_argument("--max-steps", type=positive_int, help=steps)
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     add_threads(parser)
     parser.add_argument("--no-progress", action="store_true")

@@ -212,6 +212,8 @@ def evaluate_folder(
     from magvit2.data.images import list_images, scan_images
     from magvit2.eval.inception import InceptionV3FID
 
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None (all images), got {limit!r}")  # -1 would drop one
     files, bad_headers = scan_images(list_images(folder)[:limit])
     if not files:
         raise ValueError(f"none of the {len(bad_headers)} image files can be read: {bad_headers[0]}")

@@ -31,3 +31,23 @@ def check_values(t: torch.Tensor) -> bool:
     if t.numel() == 0 or t.is_meta or torch.compiler.is_compiling():
         return False
     return t.device.type == "cpu" or _debug
+
+
+def check_config_ints(config: object, bounds: dict[str, tuple[int, int]]) -> None:
+    """One-line ValueError naming `<Config>.<field>` when a field of `bounds` is not an int in [low, high] (a bool
+    is not an int here). The highs keep a mistyped value (`z_channels: 1e12`) from a huge allocation or a hang."""
+    where = type(config).__name__
+    for name, (low, high) in bounds.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{where}.{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+def check_config_floats(config: object, names: tuple[str, ...]) -> None:
+    """One-line ValueError naming `<Config>.<field>` when a field of `names` is not a finite number."""
+    import math
+
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{type(config).__name__}.{name} must be a finite number, got {value!r}")

@@ -114,6 +114,12 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
         if self.gen_loss_weight is not None and (self.gen_loss_weight < 0 or not math.isfinite(self.gen_loss_weight)):
             raise ValueError(f"loss.gen_loss_weight must be >= 0 or null (adaptive), got {self.gen_loss_weight!r}")
+        for name, least in (("disc_start", 0), ("disc_ndf", 1), ("disc_layers", 1), ("entropy_enlarge_steps", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"loss.{name} must be an int >= {least}, got {value!r}")
+        if not (isinstance(self.lecam_decay, (int, float)) and 0 <= self.lecam_decay < 1):
+            raise ValueError(f"loss.lecam_decay must be in [0, 1), got {self.lecam_decay!r}")
 
 
 class LossTerms(NamedTuple):

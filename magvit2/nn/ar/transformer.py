@@ -25,7 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magvit2.nn.checks import check_values
+from magvit2.nn.checks import check_config_floats, check_config_ints, check_values
+
+# Upper bounds of the architecture fields, far above the released models (XL: dim 1536, 36 + 4 layers, 256 tokens,
+# 1000 classes): a mistyped value is an error naming the field, not a huge allocation or a hang. Each sub-token's
+# embedding and head have 2^bits rows: bits <= 18 (the whole official codebook).
+AR_BOUNDS = {"dim": (1, 16384), "n_head": (1, 256), "spatial_n_layer": (1, 256), "factorized_n_layer": (1, 256),
+             "block_size": (1, 2**16), "class_num": (1, 2**20), "cls_token_num": (1, 1024), "multiple_of": (1, 4096),
+             "vocab_size": (1, 2**30)}  # fmt: skip
+AR_FLOAT_FIELDS = ("token_drop", "resid_dropout_p", "ffn_dropout_p", "attn_dropout_p", "class_dropout_prob",
+                   "rope_base", "norm_eps", "initializer_range", "drop_path_rate")  # fmt: skip
+MAX_SUB_TOKEN_BITS = 18
 
 
 @dataclasses.dataclass
@@ -55,13 +65,18 @@ class ARConfig:
     drop_path_rate: float = 0.0  # accepted for compatibility; must be 0
 
     def __post_init__(self) -> None:
-        self.factorized_bits = tuple(int(b) for b in self.factorized_bits)
-        for name in ("dim", "n_head", "spatial_n_layer", "factorized_n_layer", "block_size", "class_num"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ARConfig.{name} must be a positive int, got {value!r}")
+        check_config_ints(self, AR_BOUNDS)
+        check_config_floats(self, AR_FLOAT_FIELDS)
+        bits = self.factorized_bits
+        if not isinstance(bits, (list, tuple)) or len(bits) != 2 or not all(isinstance(b, int) for b in bits):
+            raise ValueError(f"ARConfig.factorized_bits must be two ints, got {bits!r}")
+        self.factorized_bits = tuple(bits)
+        if not all(1 <= b <= MAX_SUB_TOKEN_BITS for b in self.factorized_bits):
+            raise ValueError(f"ARConfig.factorized_bits must be two ints in [1, {MAX_SUB_TOKEN_BITS}], got {bits!r}")
         if self.dim % self.n_head or (self.dim // self.n_head) % 4:
             raise ValueError(f"ARConfig: dim {self.dim} / n_head {self.n_head} must give a head size divisible by 4")
+        if self.ffn_dim_multiplier is not None:
+            check_config_floats(self, ("ffn_dim_multiplier",))
         if self.n_kv_head not in (None, self.n_head):
             raise ValueError(f"ARConfig.n_kv_head must be None or n_head ({self.n_head}), got {self.n_kv_head!r}")
         if len(self.factorized_bits) != 2 or min(self.factorized_bits) < 1:

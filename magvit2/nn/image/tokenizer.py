@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from magvit2.nn.checks import check_values
+from magvit2.nn.checks import check_config_floats, check_config_ints, check_values
 from magvit2.nn.image.decoder import Decoder
 from magvit2.nn.image.encoder import Encoder
 from magvit2.nn.quantizer import LFQ, Indices, LFQOutput
@@ -28,6 +28,16 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "magvit2-tokenizer"
 FORMAT_VERSION = 1
 RANGE_TOLERANCE = 1e-3  # inputs are x / 127.5 - 1; anything past this is a scaling mistake, not rounding
+
+
+# Upper bounds of the architecture fields, far above every released model (ch 128, ch_mult up to 4, 4 blocks,
+# z_channels 18): a mistyped value (z_channels: 1e12) is an error naming the field, not a huge allocation or a hang.
+# z_channels <= 30: the LFQ entropy runs over all 2^z_channels codes.
+MAX_WIDTH = 8192  # ch * ch_mult[i]
+ARCH_BOUNDS = {"ch": (1, 4096), "num_res_blocks": (1, 64), "z_channels": (1, 30), "in_channels": (1, 64),
+               "out_ch": (1, 64), "resolution": (1, 2**16), "codebook_size": (2, 2**30)}  # fmt: skip
+FLOAT_FIELDS = ("entropy_weight", "commitment_weight", "inv_temperature", "sample_minimization_weight",
+                "batch_maximization_weight", "log_eps")  # fmt: skip
 
 
 @dataclass
@@ -54,11 +64,18 @@ class TokenizerConfig:
     force_fp32: bool = True
 
     def __post_init__(self) -> None:
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        check_config_ints(self, ARCH_BOUNDS)
+        check_config_floats(self, FLOAT_FIELDS)
+        if not isinstance(self.ch_mult, (list, tuple)) or not all(isinstance(m, int) for m in self.ch_mult):
+            raise ValueError(f"TokenizerConfig.ch_mult must be a list of ints, got {self.ch_mult!r}")
+        self.ch_mult = tuple(self.ch_mult)
         if self.factorized_bits is not None:
             self.factorized_bits = tuple(int(b) for b in self.factorized_bits)
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"TokenizerConfig: ch_mult must be a non-empty list of positive ints, got {self.ch_mult}")
+        if not 1 <= len(self.ch_mult) <= 8 or min(self.ch_mult) < 1 or self.ch * max(self.ch_mult) > MAX_WIDTH:
+            raise ValueError(
+                f"TokenizerConfig.ch_mult must be 1 to 8 positive ints with ch * ch_mult[i] <= {MAX_WIDTH}, "
+                f"got {self.ch_mult}"
+            )
         bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % 32} | ({self.ch} if self.ch % 32 else set()))
         if bad:
             raise ValueError(

@@ -6,6 +6,7 @@ ar-tiny and ar-digits train on a CPU).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -27,10 +28,16 @@ class AROptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a finite number > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        for name in ("weight_decay", "grad_clip", "warmup_epochs", "wp0", "wpe"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
 
 
 @dataclasses.dataclass
@@ -48,6 +55,8 @@ class ARDataConfig:
             raise ValueError(f"data.batch_size must be a positive int, got {self.batch_size!r}")
         if not isinstance(self.size, int) or self.size < 1:
             raise ValueError(f"data.size must be a positive int, got {self.size!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be an int >= 0, got {self.num_workers!r}")
 
     def check_source(self) -> None:
         """Exactly one source: token shards, or images with the tokenizer that encodes them."""

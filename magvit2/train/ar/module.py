@@ -21,7 +21,8 @@ import torch
 
 from magvit2.nn.ar.transformer import ARTransformer
 from magvit2.train.ar.config import ARTrainConfig
-from magvit2.train.common.guard import NonFiniteGuard
+from magvit2.train.common.guard import NonFiniteGuard, check_finite_checkpoint
+from magvit2.train.common.resume_check import check_resume_checkpoint
 
 
 def lr_factor(it: int, *, max_it: int, warmup_it: int, wp0: float = 0.005, wpe: float = 0.1) -> float:
@@ -53,6 +54,7 @@ class ARModule(L.LightningModule):
             )
         self.class_names = None if class_names is None else list(class_names)
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
+        self._loss_skipped = False
         if tokenizer is not None:
             self.first_stage_model = tokenizer.eval().requires_grad_(False)
 
@@ -102,7 +104,8 @@ class ARModule(L.LightningModule):
         else:
             pre, post, cls = batch
         loss = self.transformer.loss(pre, post, cls)
-        if self.guard.skip(self, loss, step=self.global_step):  # returning None: Lightning makes no update
+        self._loss_skipped = self.guard.skip(self, loss, step=self.global_step)
+        if self._loss_skipped:  # returning None: Lightning makes no update
             self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=pre.shape[0])
             return None
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=pre.shape[0])
@@ -111,6 +114,15 @@ class ARModule(L.LightningModule):
         self.log("batches", float(self.global_step + 1), on_step=True, logger=False, batch_size=pre.shape[0])
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # after backward, before grad clipping (which would turn an inf gradient into NaN) and the step: a finite
+        # loss with a non-finite gradient skips the update (no gradients: AdamW leaves every parameter and its state)
+        if self._loss_skipped:
+            return
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        if self.guard.skip_grads(self, params, step=self.global_step):
+            optimizer.zero_grad(set_to_none=True)  # (counted in train/nonfinite_skips from the next batch's log)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Before every update after the first (not once at the end of step 1: a checkpoint taken at step 1 is saved
         # before a module's batch-end hook runs, and a run resumed from it would never decay the norms).
@@ -118,5 +130,9 @@ class ARModule(L.LightningModule):
             for group in self.optimizers().param_groups:
                 group["weight_decay"] = self.config.optim.weight_decay
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_resume_checkpoint(checkpoint, self, "ar", self._trainer.ckpt_path if self._trainer else "")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_checkpoint(checkpoint, self.global_step)
         checkpoint["magvit2"] = {"kind": "ar", "config": self.config.to_dict(), "class_names": self.class_names}

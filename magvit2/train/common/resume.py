@@ -5,8 +5,10 @@
 global RNG or on what ran before. `ResumableLoader` has the state_dict / load_state_dict pair Lightning saves in
 its checkpoints: the epoch and the number of batches the training loop finished in it (set by `DataPosition` at
 the end of every batch, before ModelCheckpoint runs; counting batches the loader yielded would be off by
-Lightning's one-batch prefetch). A resumed epoch starts after those batches. Datasets that declare
-`takes_epoch = True` receive (index, epoch) keys, so their random crops are drawn from (seed, epoch, index) too.
+Lightning's one-batch prefetch). A resumed epoch starts after those batches; a checkpoint at an epoch's last batch
+resumes at the next epoch's start (its epoch set before Lightning's set_epoch: worker processes draw indices
+early). Datasets that declare `takes_epoch = True` receive (index, epoch) keys, so their random crops are drawn
+from (seed, epoch, index) too.
 `RngState` saves the torch / numpy / Python RNG states (dropout, label dropout) with each checkpoint.
 """
 
@@ -87,7 +89,9 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         done = state["batches"] * self.batch_size
         if done >= len(self.sampler):  # saved at its epoch's last batch: the next epoch starts from the beginning
-            self.finished, self.sampler.skip = 0, 0
+            # ... and is set here, not only by Lightning's set_epoch: on resume Lightning creates the iterator before
+            # it calls set_epoch, and worker processes (num_workers > 0) draw their first indices right then
+            self.sampler.epoch, self.finished, self.sampler.skip = state["epoch"] + 1, 0, 0
         else:
             self.sampler.epoch, self.finished, self.sampler.skip = state["epoch"], state["batches"], done
 

@@ -7,6 +7,7 @@ CPU in minutes, `digits` is the demo's.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -27,12 +28,16 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
         self.lr_drop_epochs = tuple(int(e) for e in self.lr_drop_epochs)
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+        for name in ("lr", "lr_drop_factor"):  # inf / nan would train on to non-finite weights
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"optim.{name} must be a finite number > 0, got {value!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if any(e < 0 for e in self.lr_drop_epochs):
+            raise ValueError(f"optim.lr_drop_epochs must be epochs >= 0, got {self.lr_drop_epochs!r}")
 
 
 @dataclasses.dataclass
@@ -49,6 +54,10 @@ class DataConfig:
         for name in ("size", "batch_size", "val_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.val_images is not None and (not isinstance(self.val_images, int) or self.val_images < 1):
+            raise ValueError(f"data.val_images must be a positive int or null (all), got {self.val_images!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be an int >= 0, got {self.num_workers!r}")
 
 
 @dataclasses.dataclass

@@ -22,7 +22,8 @@ from magvit2.nn.image.discriminator import PatchDiscriminator
 from magvit2.nn.image.tokenizer import Tokenizer
 from magvit2.nn.losses import TokenizerLoss
 from magvit2.train.common.ema import EMA
-from magvit2.train.common.guard import NonFiniteGuard
+from magvit2.train.common.guard import NonFiniteGuard, check_finite_checkpoint, grad_scaler
+from magvit2.train.common.resume_check import check_resume_checkpoint
 from magvit2.train.tokenizer.config import TrainConfig, config_from_dict
 
 OPTIMIZERS_PER_STEP = 2
@@ -89,19 +90,39 @@ class TokenizerModule(L.LightningModule):
         d = self.loss.discriminator_loss(x, rec.detach(), step=step)
         self.untoggle_optimizer(opt_d)
         if self.guard.skip(self, g.loss, d.loss, step=step):
-            with torch.no_grad():
-                for buffer, saved in zip(self.loss.buffers(), loss_state, strict=True):
-                    buffer.copy_(saved)
-            self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=x.shape[0])
+            self._skip_update(loss_state, x.shape[0])
             return
 
+        # Without a GradScaler both backwards run first and a non-finite gradient skips both steps (as a non-finite
+        # loss does). Under fp16's GradScaler each step follows its own backward: the scaler skips a step with
+        # inf gradients itself and update() changes the scale, which a second backward must not precede.
+        scaler = grad_scaler(self)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g.loss)
-        opt_g.step()
+        if scaler is not None:
+            opt_g.step()
         opt_d.zero_grad(set_to_none=True)
         if d.loss.requires_grad:
             self.manual_backward(d.loss)
-        opt_d.step()
+        if scaler is None:
+            if self.guard.skip_grads(self, self.parameters(), step=step):
+                opt_g.zero_grad(set_to_none=True)
+                opt_d.zero_grad(set_to_none=True)
+                self._skip_update(loss_state, x.shape[0])
+                return
+            opt_g.step()
+        if scaler is not None and not d.loss.requires_grad:
+            # before loss.disc_start D has no gradients, and GradScaler.step refuses an optimizer it saw none of
+            # ("No inf checks were recorded"): step it past the scaler (Adam skips parameters without gradients),
+            # still through Lightning, which counts the step (two per batch: batch_step)
+            plugin = self.trainer.precision_plugin
+            plugin.scaler = None
+            try:
+                opt_d.step()
+            finally:
+                plugin.scaler = scaler
+        else:
+            opt_d.step()
         # EMA here, not in on_train_batch_end: checkpoint callbacks run before that hook and would miss this update
         self.model_ema.update(self.tokenizer)
 
@@ -112,6 +133,13 @@ class TokenizerModule(L.LightningModule):
         self.log("loss", g.logs["total"], prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         # batches done after this step: names the step checkpoints (Lightning's own step counts both optimizers)
         self.log("batches", float(step + 1), on_step=True, on_epoch=False, logger=False, batch_size=x.shape[0])
+
+    def _skip_update(self, loss_state: list[torch.Tensor], batch_size: int) -> None:
+        """No update this batch: restore the state the loss forward moved (LeCAM EMAs, D BatchNorm statistics)."""
+        with torch.no_grad():
+            for buffer, saved in zip(self.loss.buffers(), loss_state, strict=True):
+                buffer.copy_(saved)
+        self.log("train/nonfinite_skips", float(self.guard.total), on_step=True, batch_size=batch_size)
 
     # --- validation with the EMA weights ----------------------------------------------------------------------------
 
@@ -133,7 +161,11 @@ class TokenizerModule(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_resume_checkpoint(checkpoint, self, "tokenizer", self._trainer.ckpt_path if self._trainer else "")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_checkpoint(checkpoint, self.batch_step)
         checkpoint["magvit2"] = {"kind": "tokenizer", "config": self.config.to_dict(), "batch_step": self.batch_step}
 
     def ema_tokenizer(self) -> Tokenizer:

@@ -34,7 +34,7 @@ def test_presets_reproduce_the_official_recipes():
         ("optim.lrr=1", r"optim: unknown key\(s\) \['lrr'\]; valid keys: \['lr'"),
         ("model.chh=3", r"model: unknown key\(s\) \['chh'\]"),
         ("model.preset=huge", "unknown preset 'huge'"),
-        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("optim.lr=-1", "optim.lr must be a finite number > 0"),
         ("loss.disc_loss=wgan", "disc_loss must be"),
         ("trainer.precision=8-bit", "trainer.precision"),
         ("data.batch_size=0", "data.batch_size must be a positive int"),
