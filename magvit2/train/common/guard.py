@@ -10,12 +10,14 @@ gradients are all-reduced before it looks).
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+
+from magvit2.nn.checks import first_non_finite
 
 STOP = "stopping (checkpoints hold finite weights only: each is checked before it is written)"
 
@@ -80,22 +82,16 @@ class NonFiniteGuard:
         return True
 
 
-def _first_non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
-    for name, value in tensors:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            return name
-        if isinstance(value, float) and not math.isfinite(value):
-            return name
-    return None
-
-
 def check_finite_checkpoint(checkpoint: dict[str, Any], step: int) -> None:
     """Refuse (NonFiniteLossError, nothing written) a checkpoint whose weights, buffers or optimizer states hold a
     NaN/inf: resuming from it could only go on with non-finite weights."""
-    name = _first_non_finite(checkpoint.get("state_dict", {}).items())
-    if name is None:
-        for i, opt in enumerate(checkpoint.get("optimizer_states", [])):
-            items = ((f"optimizer {i} state {k}.{m}", v) for k, s in opt.get("state", {}).items() for m, v in s.items())
-            name = name or _first_non_finite(items)
-    if name is not None:
+    optimizer_items = (
+        (f"optimizer {i} state {k}.{m}", v)
+        for i, opt in enumerate(checkpoint.get("optimizer_states", []))
+        for k, s in opt.get("state", {}).items()
+        for m, v in s.items()
+    )
+    found = first_non_finite(itertools.chain(checkpoint.get("state_dict", {}).items(), optimizer_items))
+    if found is not None:
+        name = found[0]
         raise NonFiniteLossError(f"non-finite values in {name} at step {step}: checkpoint not written; stopping")
