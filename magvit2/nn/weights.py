@@ -159,7 +159,7 @@ def write_format_dir(
             json.dump(meta, f, indent=2)
 
     targets = [os.path.join(directory, weights_name), os.path.join(directory, config_name)]
-    temps = [_temp_name(path) for path in targets]
+    temps = [temp_name(path) for path in targets]
     try:
         for path, tmp, write in zip(targets, temps, (write_weights, write_config), strict=True):
             _write_synced(path, tmp, write)
@@ -175,7 +175,12 @@ def write_format_dir(
                 os.remove(tmp)
 
 
-def _temp_name(path: str) -> str:
+TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")  # what temp_name gives: .NAME.PID.tmp
+
+
+def temp_name(path: str | os.PathLike) -> str:
+    """The temporary file an atomic write of `path` goes through before its rename (model folders, checkpoints)."""
+    path = os.fspath(path)
     return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from magvit2.nn.weights import safe_torch_load
+from magvit2.nn.weights import safe_torch_load, temp_name
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,7 +29,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = Path(temp_name(path))
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

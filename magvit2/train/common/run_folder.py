@@ -20,7 +20,6 @@ writes, fresh runs into used folders, the checkpoint `--resume auto` continues f
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import sys
@@ -29,8 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from magvit2.nn.weights import TEMP_NAME
+
 LOCK_NAME = "run.lock"
-TEMP_PATTERN = re.compile(r"^\..+\.\d+\.tmp$")  # AtomicCheckpointIO's temporary files: .NAME.PID.tmp
 
 
 def is_global_zero() -> bool:
@@ -109,9 +109,7 @@ class RunLock:
 def clean_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files killed checkpoint writes left in `folder` (only AtomicCheckpointIO's)."""
     folder = Path(folder)
-    removed = (
-        [p for p in folder.glob(".*.tmp") if TEMP_PATTERN.match(p.name) and p.is_file()] if folder.is_dir() else []
-    )
+    removed = [p for p in folder.glob(".*.tmp") if TEMP_NAME.match(p.name) and p.is_file()] if folder.is_dir() else []
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
