@@ -20,14 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from memory import status_kib
+
 MIB = 2**20
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def main(size: str) -> dict:
@@ -48,16 +43,16 @@ def main(size: str) -> dict:
     weight_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / MIB
     classes = torch.tensor([3, 7])
     settings = dict(cfg=(1.9, 2.0), top_p=(0.96, 0.96), seed=1)
-    base = _status_kib("VmRSS")  # the loaded model
+    base = status_kib("VmRSS")  # the loaded model
 
     def call(tokens: int):
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
         start = time.perf_counter()
         out = generate(model, classes, num_tokens=tokens, **settings)
-        return out, time.perf_counter() - start, (_status_kib("VmHWM") - base) / 1024
+        return out, time.perf_counter() - start, (status_kib("VmHWM") - base) / 1024
 
     first, _, peak_first = call(4)
-    held = (_status_kib("VmRSS") - base) / 1024  # between calls: the decode-layout weights
+    held = (status_kib("VmRSS") - base) / 1024  # between calls: the decode-layout weights
     second, _, peak_second = call(4)
     assert torch.equal(first.pre, second.pre) and torch.equal(first.post, second.post)
     release_decode_weights(model)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -61,9 +61,9 @@ def main(kind: str, n: int, k: int = 18) -> float:
     _fwd_bwd(kind, (torch.randn(8, k) * 0.05).requires_grad_())  # thread pools, BLAS buffers, op registration
     z = (torch.randn(n, k) * 0.05).requires_grad_()
     Path("/proc/self/clear_refs").write_text("5")
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     _fwd_bwd(kind, z)
-    return (_status_kib("VmHWM") - base) / 1024
+    return (status_kib("VmHWM") - base) / 1024
 
 
 def peak_mib(kind: str, n: int, k: int = 18) -> float:
