@@ -33,9 +33,9 @@ TABLE = [
     ("sample top_k", lambda: ops.sample_tokens(torch.randn(2, 5), top_k=-1), r"top_k must be an int >= 0"),
     ("sample temperature", lambda: ops.sample_tokens(torch.randn(2, 5), temperature=0.0), r"temperature must be a finite number > 0"),
     ("sample NaN", lambda: ops.sample_tokens(torch.full((2, 5), float("nan"))), r"row 0 has NaN logits"),
-    ("decode weight", lambda: ops.decode_block(torch.randn(2, 8), torch.randn(8, 8), torch.randn(8, 8), torch.randn(8, 32), torch.randn(16, 8), torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.rand(4, 2, 2), torch.tensor(0), 1e-5), r"decode_block: wqkv must be \(in, out\) = \(8, 24\)"),
-    ("decode pos", lambda: ops.decode_block(torch.randn(2, 8), torch.randn(8, 24), torch.randn(8, 8), torch.randn(8, 32), torch.randn(16, 8), torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.rand(4, 2, 2), torch.tensor(4), 1e-5), r"decode_block: pos must be in \[0, 4\)"),
-    ("decode logits cfg", lambda: ops.decode_logits(torch.randn(3, 8), torch.randn(8, 16), 1e-5, 2.0), r"decode_logits: with cfg_scale, z must hold \[cond; uncond\] rows"),
+    ("decode weight", lambda: ops.decode_block(torch.randn(2, 8), torch.ones(8), torch.randn(8, 8), torch.randn(8, 8), torch.ones(8), torch.randn(16, 8), torch.randn(16, 8), torch.randn(8, 16), torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.rand(4, 2, 2), torch.tensor(0), 1e-5), r"decode_block: wqkv must be \(24, 8\)"),
+    ("decode pos", lambda: ops.decode_block(torch.randn(2, 8), torch.ones(8), torch.randn(24, 8), torch.randn(8, 8), torch.ones(8), torch.randn(16, 8), torch.randn(16, 8), torch.randn(8, 16), torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.rand(4, 2, 2), torch.tensor(4), 1e-5), r"decode_block: pos must be in \[0, 4\)"),
+    ("decode logits cfg", lambda: ops.decode_logits(torch.randn(3, 8), torch.ones(8), torch.randn(16, 8), 1e-5, 2.0), r"decode_logits: with cfg_scale, z must hold \[cond; uncond\] rows"),
     # modules
     ("LFQ dim", lambda: LFQ(dim=0), r"LFQ: dim must be an int >= 1"),
     ("LFQ codebook", lambda: LFQ(codebook_size=1000), r"codebook_size must be a power of 2"),

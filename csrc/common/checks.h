@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <string>
+#include <vector>
 
 #define MAGVIT2_CHECK_LATENTS(fn, z)                                                                        \
   do {                                                                                                     \
@@ -74,19 +76,30 @@ inline void check_sample_args(const at::Tensor& logits, const std::optional<at::
   }
 }
 
-// A decode weight is (in, out), or its 16-column panels (out / 16, in, 16); -1 for anything else.
-inline int64_t decode_in(const at::Tensor& w) { return w.dim() == 3 ? w.size(1) : w.dim() == 2 ? w.size(0) : -1; }
-inline int64_t decode_out(const at::Tensor& w) {
-  return w.dim() == 3 && w.size(2) == 16 ? w.size(0) * 16 : w.dim() == 2 ? w.size(1) : -1;
+// A shape as Python prints a tuple: (3,) or (24, 8).
+inline std::string shape_tuple(at::IntArrayRef shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
 }
 
-// decode_block: x (R, dim); caches (R, H, S, D) contiguous in x's dtype with H * D = dim and D even; weights
-// (in, out) or (out / 16, in, 16) panels in x's dtype: wqkv (dim, 3 dim), wo (dim, dim), w13 (dim, 2 hidden),
-// w2 (hidden, dim); rope float32
-// (L, D / 2, 2); pos one integer in [0, min(S, L)). Returns pos.
-inline int64_t check_decode_args(const at::Tensor& x, const at::Tensor& wqkv, const at::Tensor& wo,
-                                 const at::Tensor& w13, const at::Tensor& w2, const at::Tensor& k_cache,
-                                 const at::Tensor& v_cache, const at::Tensor& rope, const at::Tensor& pos, double eps) {
+// One transformer block's weights as the module stores them: RMSNorm weights (dim,), nn.Linear weights (out, in).
+struct DecodeWeights {
+  const at::Tensor& attention_norm;  // (dim,)
+  const at::Tensor& wqkv;            // (3 dim, dim)
+  const at::Tensor& wo;              // (dim, dim)
+  const at::Tensor& ffn_norm;        // (dim,)
+  const at::Tensor& w1;              // (hidden, dim)
+  const at::Tensor& w3;              // (hidden, dim)
+  const at::Tensor& w2;              // (dim, hidden)
+};
+
+// decode_block: x (R, dim); caches (R, H, S, D) contiguous in x's dtype with H * D = dim and D even; weights in x's
+// dtype as the block stores them (DecodeWeights); rope float32 (L, D / 2, 2); pos one integer in [0, min(S, L)).
+// Returns pos.
+inline int64_t check_decode_args(const at::Tensor& x, const DecodeWeights& w, const at::Tensor& k_cache,
+                                 const at::Tensor& v_cache, const at::Tensor& rope, const at::Tensor& pos,
+                                 double eps) {
   TORCH_CHECK_VALUE(x.dim() == 2 && at::isFloatingType(x.scalar_type()),
                     "decode_block: x must be a floating (rows, dim) tensor, got ", x.scalar_type(), " ", x.sizes());
   const int64_t rows = x.size(0), dim = x.size(1);
@@ -101,18 +114,21 @@ inline int64_t check_decode_args(const at::Tensor& x, const at::Tensor& wqkv, co
                       "decode_block: k_cache and v_cache must be contiguous ", x.scalar_type(), " tensors, got ",
                       c->scalar_type(), c->is_contiguous() ? "" : " (not contiguous)");
   }
-  const int64_t hidden = decode_in(w2);
+  const int64_t hidden = w.w1.dim() == 2 ? w.w1.size(0) : -1;
   const struct {
     const char* name;
     const at::Tensor& w;
-    int64_t in, out;
-  } weights[] = {{"wqkv", wqkv, dim, 3 * dim}, {"wo", wo, dim, dim}, {"w13", w13, dim, 2 * hidden},
-                 {"w2", w2, hidden, dim}};
+    std::vector<int64_t> shape;
+  } weights[] = {{"attention_norm", w.attention_norm, {dim}}, {"wqkv", w.wqkv, {3 * dim, dim}},
+                 {"wo", w.wo, {dim, dim}},     {"ffn_norm", w.ffn_norm, {dim}},
+                 {"w1", w.w1, {hidden, dim}}, {"w3", w.w3, {hidden, dim}},
+                 {"w2", w.w2, {dim, hidden}}};
   for (const auto& e : weights) {
-    TORCH_CHECK_VALUE(decode_in(e.w) == e.in && decode_out(e.w) == e.out && e.w.scalar_type() == x.scalar_type(),
-                      "decode_block: ", e.name, " must be (in, out) = (", e.in, ", ", e.out,
-                      ") or its panels (out / 16, in, 16) in ", x.scalar_type(),
-                      " (w13 = [w1 | w3] of 2 x w2's hidden rows), got ", e.w.sizes(), " ", e.w.scalar_type());
+    TORCH_CHECK_VALUE(e.w.sizes() == at::IntArrayRef(e.shape) && e.w.scalar_type() == x.scalar_type() &&
+                          (hidden >= 1 || e.shape.size() == 1),
+                      "decode_block: ", e.name, " must be ", shape_tuple(e.shape), " (as the block stores it, ",
+                      "w1 and w3 (hidden, dim), w2 (dim, hidden)) in ", x.scalar_type(), ", got ",
+                      shape_tuple(e.w.sizes()), " ", e.w.scalar_type());
   }
   const int64_t half = k_cache.size(3) / 2;
   TORCH_CHECK_VALUE(rope.dim() == 3 && rope.size(1) == half && rope.size(2) == 2 && rope.scalar_type() == at::kFloat,
@@ -128,15 +144,19 @@ inline int64_t check_decode_args(const at::Tensor& x, const at::Tensor& wqkv, co
   return n;
 }
 
-// decode_logits: z (R, dim) floating, head (dim, V) or its panels in z's dtype, R even under guidance.
-inline void check_logits_args(const at::Tensor& z, const at::Tensor& head, double eps,
+// decode_logits: z (R, dim) floating, norm (dim,) and head (V, dim) (nn.Linear's layout) in z's dtype, R even
+// under guidance.
+inline void check_logits_args(const at::Tensor& z, const at::Tensor& norm, const at::Tensor& head, double eps,
                               const std::optional<double>& cfg_scale) {
   TORCH_CHECK_VALUE(z.dim() == 2 && at::isFloatingType(z.scalar_type()),
                     "decode_logits: z must be a floating (rows, dim) tensor, got ", z.scalar_type(), " ", z.sizes());
-  TORCH_CHECK_VALUE(decode_in(head) == z.size(1) && decode_out(head) >= 1 && head.scalar_type() == z.scalar_type(),
-                    "decode_logits: head must be (dim, vocab) with dim = ", z.size(1),
-                    ", or its panels (vocab / 16, dim, 16), in ", z.scalar_type(), ", got ", head.sizes(), " ",
-                    head.scalar_type());
+  TORCH_CHECK_VALUE(norm.dim() == 1 && norm.size(0) == z.size(1) && norm.scalar_type() == z.scalar_type(),
+                    "decode_logits: norm must be (", z.size(1), ",) in ", z.scalar_type(), ", got ",
+                    shape_tuple(norm.sizes()), " ", norm.scalar_type());
+  TORCH_CHECK_VALUE(head.dim() == 2 && head.size(1) == z.size(1) && head.size(0) >= 1 &&
+                        head.scalar_type() == z.scalar_type(),
+                    "decode_logits: head must be (vocab, dim) with dim = ", z.size(1), " (as nn.Linear stores it) in ",
+                    z.scalar_type(), ", got ", shape_tuple(head.sizes()), " ", head.scalar_type());
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "decode_logits: eps must be a finite number >= 0, got ", eps);
   if (cfg_scale.has_value()) {
     TORCH_CHECK_VALUE(std::isfinite(*cfg_scale), "decode_logits: cfg_scale must be finite, got ", *cfg_scale);

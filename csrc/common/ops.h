@@ -21,11 +21,12 @@ at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at:
 at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
                              double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset);
 
-at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& wqkv, const at::Tensor& wo, const at::Tensor& w13,
-                            const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& rope,
-                            const at::Tensor& pos, double eps);
+at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& attention_norm, const at::Tensor& wqkv,
+                            const at::Tensor& wo, const at::Tensor& ffn_norm, const at::Tensor& w1,
+                            const at::Tensor& w3, const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache,
+                            const at::Tensor& rope, const at::Tensor& pos, double eps);
 
-at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& head, double eps,
+at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& norm, const at::Tensor& head, double eps,
                              std::optional<double> cfg_scale);
 
 }  // namespace magvit2

@@ -1,16 +1,20 @@
 // decode_block on the CPU: one pre-norm transformer block (RMSNorm, wqkv, RoPE, KV-cache write, attention over the
-// written prefix, wo + residual, RMSNorm, [w1 | w3], SwiGLU, w2 + residual) for the newest position of R rows, in
-// one call instead of ~40 tensor ops. It is the body of a generation step (magvit2/nn/ar/generation.py).
+// written prefix, wo + residual, RMSNorm, w1 and w3, SwiGLU, w2 + residual) for the newest position of R rows, in
+// one call instead of ~40 tensor ops. It is the body of a generation step (magvit2/nn/ar/generation.py). It reads
+// the block's weights as the module holds them (nn.Linear's (out, in), the RMSNorm weights applied to the rows), so
+// a generation needs no copy of the model.
 //
-// float32 runs its own loops. The four matmuls have M = R rows (16 for 8 images with guidance) and weights of
-// 0.25-1.5 MB that come from memory at every call: a register tile of 6 (or 4) rows x 16 columns keeps its sums in
-// 12 ymm registers for the whole K loop, streams the weight's 16-column panel once per row block (the first from
-// memory, the others from L1/L2) and broadcasts x. Measured on the 2-core AMD EPYC (Zen 1, one thread, a decode
-// step's 26 matmuls of dim 256): 9.7 ms per step with MKL sgemm on (in, out) weights, 11.2 ms through F.linear.
-// The attention reads the cache prefix once for the scores and once for the weighted sum; its exp is the float32
-// exp of sample_tokens. Every dtype but float32, and CPUs without AVX2 + FMA, run the ATen calls of
-// magvit2/ops/reference/ar_decode.py instead, bit for bit the reference.
-#pragma GCC optimize("fp-contract=off", "no-trapping-math")
+// float32 runs its own loops. The matmuls have M = R rows (16 for 8 images with guidance) and weights that come
+// from memory at every call (0.25-1.5 MB each at dim 256, 4-11 MB at dim 1024): dot-product register tiles over
+// rows of x and rows of the weight, both read along `in` (see gemm). The attention reads the cache prefix once for
+// the scores and once for the weighted sum; its exp is the float32 exp of sample_tokens. Every dtype but float32,
+// and CPUs without AVX2 + FMA, run the ATen calls of magvit2/ops/reference/ar_decode.py instead, bit for bit the
+// reference.
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as a masked result's pass-through operand, which
+// -W(maybe-)uninitialized reports once they are inlined (GCC bug 105593); the headers come in through ATen, so the pragma
+// precedes every include.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,6 +23,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common/arch.h"
@@ -27,112 +33,294 @@
 
 #if MAGVIT2_X86_KERNELS
 #include <immintrin.h>
+#endif
 
+namespace magvit2 {
+namespace {
+
+// The float32 loops are x86-64 code (the AVX-512 and AVX2 + FMA tiles). Other architectures, and builds with
+// MAGVIT2_NO_X86_KERNELS (csrc/common/arch.h), compile none of it and run the ATen calls below for every dtype, as
+// an x86-64 CPU without AVX2 + FMA does.
+#if MAGVIT2_X86_KERNELS
+// Whether MAGVIT2_CPU_ISA (csrc/common/arch.h) lets decode use vector code of `level` (512: AVX-512, 2: AVX2 + FMA);
+// unset allows all.
+bool x86_allowed(int level) {
+  const char* cap = std::getenv("MAGVIT2_CPU_ISA");
+  const std::string v = cap == nullptr ? "avx512" : cap;
+  TORCH_CHECK_VALUE(v == "avx512" || v == "avx2" || v == "base",
+                    "MAGVIT2_CPU_ISA must be avx512, avx2 or base, got '", v, "'");
+  return v == "avx512" || (v == "avx2" && level <= 2);
+}
+
+bool avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && x86_allowed(2);
+  return ok;
+}
+bool avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && avx2_fma() && x86_allowed(512);
+  return ok;
+}
+
+// The matmuls read the weights as nn.Linear stores them, (out, in) row-major: out[r, c] = res[r, c] + sum_p x[r, p]
+// w[c, p], x (m, in). A register tile of ROWS x-rows by 4 weight rows keeps ROWS x 4 vector sums for the whole in
+// loop (each weight row streamed once from memory, by the tile's first row block, then from L1 / L2) and reduces
+// them across lanes at the end, 4 sums per row at once. Rows of x and w are read along in, so both are streamed in
+// address order. `ahead`: the weight rows two tiles on, prefetched by the first row block.
+
+// One row's COLS outputs from the lane sums y[c] (y[c] zero for c >= COLS): the 4 vectors reduced across lanes
+// at once (a tree of hadds), the in-tail from p on added, then res.
+template <int COLS>
+__attribute__((target("avx2,fma"))) inline void finish(const __m256 y[4], const float* x, int64_t k, const float* w,
+                                                       int64_t p, const float* res, float* out) {
+  float s[4];
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(y[0], y[1]), _mm256_hadd_ps(y[2], y[3]));
+  _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  for (int c = 0; c < COLS; ++c) {
+    for (int64_t q = p; q < k; ++q) s[c] += x[q] * w[c * k + q];
+    out[c] = (res ? res[c] : 0.0f) + s[c];
+  }
+}
+
+// AVX-512: 16 floats a vector, tiles of up to 6 x 4 (24 sums in zmm registers).
+template <int ROWS, int COLS>
+__attribute__((target("avx512f,avx2,fma"))) inline void tile512(const float* x, int64_t k, const float* w,
+                                                                const float* res, float* out, int64_t ldo,
+                                                                const float* ahead) {
+  __m512 acc[ROWS][COLS];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < COLS; ++c) acc[r][c] = _mm512_setzero_ps();
+  int64_t p = 0;
+  for (; p + 16 <= k; p += 16) {
+    __m512 wv[COLS];
+#pragma GCC unroll 4
+    for (int c = 0; c < COLS; ++c) wv[c] = _mm512_loadu_ps(w + c * k + p);
+    if (ahead) {
+#pragma GCC unroll 4
+      for (int c = 0; c < COLS; ++c) _mm_prefetch(reinterpret_cast<const char*>(ahead + c * k + p), _MM_HINT_T0);
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + r * k + p);
+#pragma GCC unroll 4
+      for (int c = 0; c < COLS; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    __m256 y[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {  // 512 -> 256 bits: the upper half swapped down and added
+      const __m512 v = acc[r][c < COLS ? c : 0];
+      y[c] = c < COLS ? _mm512_castps512_ps256(_mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E))) : _mm256_setzero_ps();
+    }
+    finish<COLS>(y, x + r * k, k, w, p, res ? res + r * ldo : nullptr, out + r * ldo);
+  }
+}
+
+// AVX2: 8 floats a vector, tiles of up to 2 x 4 (8 sums + 4 weight vectors + x in the 16 ymm registers).
+template <int ROWS, int COLS>
+__attribute__((target("avx2,fma"))) inline void tile256(const float* x, int64_t k, const float* w, const float* res,
+                                                        float* out, int64_t ldo, const float* ahead) {
+  __m256 acc[ROWS][COLS];
+#pragma GCC unroll 2
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < COLS; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= k; p += 8) {
+    __m256 wv[COLS];
+#pragma GCC unroll 4
+    for (int c = 0; c < COLS; ++c) wv[c] = _mm256_loadu_ps(w + c * k + p);
+    if (ahead && p % 16 == 0) {
+#pragma GCC unroll 4
+      for (int c = 0; c < COLS; ++c) _mm_prefetch(reinterpret_cast<const char*>(ahead + c * k + p), _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x + r * k + p);
+#pragma GCC unroll 4
+      for (int c = 0; c < COLS; ++c) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < ROWS; ++r) {
+    __m256 y[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) y[c] = c < COLS ? acc[r][c < COLS ? c : 0] : _mm256_setzero_ps();
+    finish<COLS>(y, x + r * k, k, w, p, res ? res + r * ldo : nullptr, out + r * ldo);
+  }
+}
+
+// COLS weight rows for all m rows of x, in row blocks of up to 6 (AVX-512) or 2 (AVX2).
+template <int COLS>
+__attribute__((target("avx512f,avx2,fma"))) void rows512(const float* x, int64_t m, int64_t k, const float* w,
+                                                         const float* res, float* out, int64_t ldo,
+                                                         const float* ahead) {
+  for (int64_t r = 0; r < m;) {
+    const int64_t rows = std::min<int64_t>(m - r, 6);
+    const float* xr = x + r * k;
+    const float* rr = res ? res + r * ldo : nullptr;
+    float* o = out + r * ldo;
+    const float* pf = r == 0 ? ahead : nullptr;
+    switch (rows) {
+      case 6: tile512<6, COLS>(xr, k, w, rr, o, ldo, pf); break;
+      case 5: tile512<5, COLS>(xr, k, w, rr, o, ldo, pf); break;
+      case 4: tile512<4, COLS>(xr, k, w, rr, o, ldo, pf); break;
+      case 3: tile512<3, COLS>(xr, k, w, rr, o, ldo, pf); break;
+      case 2: tile512<2, COLS>(xr, k, w, rr, o, ldo, pf); break;
+      default: tile512<1, COLS>(xr, k, w, rr, o, ldo, pf); break;
+    }
+    r += rows;
+  }
+}
+
+template <int COLS>
+__attribute__((target("avx2,fma"))) void rows256(const float* x, int64_t m, int64_t k, const float* w,
+                                                 const float* res, float* out, int64_t ldo, const float* ahead) {
+  for (int64_t r = 0; r < m;) {
+    const int64_t rows = std::min<int64_t>(m - r, 2);
+    const float* rr = res ? res + r * ldo : nullptr;
+    const float* pf = r == 0 ? ahead : nullptr;
+    if (rows == 2) {
+      tile256<2, COLS>(x + r * k, k, w, rr, out + r * ldo, ldo, pf);
+    } else {
+      tile256<1, COLS>(x + r * k, k, w, rr, out + r * ldo, ldo, pf);
+    }
+    r += rows;
+  }
+}
+
+template <bool WIDE, int COLS>
+void rows_nt(const float* x, int64_t m, int64_t k, const float* w, const float* res, float* out, int64_t ldo,
+             const float* ahead) {
+  if constexpr (WIDE) {
+    rows512<COLS>(x, m, k, w, res, out, ldo, ahead);
+  } else {
+    rows256<COLS>(x, m, k, w, res, out, ldo, ahead);
+  }
+}
+
+// Columns [j0, j1) of out: 4 weight rows at a time, then the 1-3 left.
+template <bool WIDE>
+void gemm_columns(const float* x, int64_t m, int64_t k, const float* w, int64_t n, const float* res, float* out,
+                  int64_t ldo, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const float* ahead = j + 12 <= n ? w + (j + 8) * k : nullptr;
+    rows_nt<WIDE, 4>(x, m, k, w + j * k, res ? res + j : nullptr, out + j, ldo, ahead);
+  }
+  const float* wj = w + j * k;
+  const float* rj = res ? res + j : nullptr;
+  switch (j1 - j) {
+    case 3: rows_nt<WIDE, 3>(x, m, k, wj, rj, out + j, ldo, nullptr); break;
+    case 2: rows_nt<WIDE, 2>(x, m, k, wj, rj, out + j, ldo, nullptr); break;
+    case 1: rows_nt<WIDE, 1>(x, m, k, wj, rj, out + j, ldo, nullptr); break;
+    default: break;
+  }
+}
+
+// More than 8 rows on AVX-512: x transposed into blocks of 16 rows, xt (k, 16) each (zero padded), so that one zmm
+// holds a column of x for 16 rows: out[:, c] of a block = sum_p w[c, p] * xt[p] for 8 weight rows c at a time
+// (8 sums, each weight value broadcast from its row). No reduction across lanes; the weight rows stream in address
+// order, 8 at a time (16 streams measured slower once the weights come from memory). Measured here, one thread,
+// 16 rows: 65 us for a (768, 256) weight vs 88 for the dot-product tiles, 1.2 vs 1.9 ms for (3072, 1024).
+template <int C>
+__attribute__((target("avx512f,avx2,fma"))) void tile_t16(const float* xt, int64_t k, const float* w, int64_t rows,
+                                                          const float* res, float* out, int64_t ldo,
+                                                          const float* ahead) {
+  __m512 acc[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const __m512 xv = _mm512_loadu_ps(xt + p * 16);
+    if (ahead && (p & 15) == 0) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(ahead + c * k + p), _MM_HINT_T0);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(w[c * k + p]), xv, acc[c]);
+  }
+  alignas(64) float sums[C][16];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) _mm512_store_ps(sums[c], acc[c]);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < C; ++c) out[r * ldo + c] = (res ? res[r * ldo + c] : 0.0f) + sums[c][r];
+  }
+}
+
+void gemm_transposed(const float* x, int64_t m, int64_t k, const float* w, int64_t n, const float* res, float* out,
+                     int64_t ldo, int64_t grain) {
+  const int64_t blocks = (m + 15) / 16;
+  std::vector<float> xt(blocks * k * 16, 0.0f);
+  for (int64_t r = 0; r < m; ++r) {
+    float* dst = xt.data() + (r / 16) * k * 16 + r % 16;
+    for (int64_t p = 0; p < k; ++p) dst[p * 16] = x[r * k + p];
+  }
+  at::parallel_for(0, (n + 7) / 8, grain, [&](int64_t begin, int64_t end) {
+    const int64_t j1 = std::min(end * 8, n);
+    int64_t j = begin * 8;
+    for (; j + 8 <= j1; j += 8) {
+      const float* ahead = j + 16 <= n ? w + (j + 8) * k : nullptr;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t off = b * 16 * ldo + j;
+        tile_t16<8>(xt.data() + b * k * 16, k, w + j * k, std::min<int64_t>(16, m - b * 16), res ? res + off : nullptr,
+                    out + off, ldo, b == 0 ? ahead : nullptr);
+      }
+    }
+    if (j < j1) {  // the last 1-7 weight rows: dot-product tiles
+      gemm_columns<true>(x, m, k, w, n, res, out, ldo, j, j1);
+    }
+  });
+}
+
+// out (m, ldo), columns [0, n) = res + x (m, k) @ w.T for w (n, k) as nn.Linear stores it; res (if any) has out's
+// layout. Dot-product tiles (rows of x against rows of w) for up to 8 rows and on AVX2; x transposed into zmm
+// columns for more rows on AVX-512 (gemm_transposed).
+void gemm(const float* x, int64_t m, int64_t k, const at::Tensor& w, const float* res, float* out, int64_t ldo) {
+  if (m == 0 || k == 0) {  // the grain below divides by m * k; the entry points return before zero rows get here
+    return;
+  }
+  const int64_t n = w.size(0);
+  const float* wp = w.const_data_ptr<float>();
+  const bool wide = avx512();
+  if (wide && m > 8) {
+    gemm_transposed(x, m, k, wp, n, res, out, ldo, std::max<int64_t>(1, (int64_t(1) << 18) / (16 * m * k)));
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / (8 * m * k));  // >= 256 kFLOP per task
+  at::parallel_for(0, (n + 3) / 4, grain, [&](int64_t begin, int64_t end) {
+    const int64_t j0 = begin * 4, j1 = std::min(end * 4, n);
+    if (wide) {
+      gemm_columns<true>(x, m, k, wp, n, res, out, ldo, j0, j1);
+    } else {
+      gemm_columns<false>(x, m, k, wp, n, res, out, ldo, j0, j1);
+    }
+  });
+}
+
+#endif  // MAGVIT2_X86_KERNELS
+
+}  // namespace
+}  // namespace magvit2
+
+// The rest rounds as the reference's tensor ops: no contraction of multiplies and adds into FMAs, and the exp of
+// common/exp.h (which needs these options: see there). The matmul tiles above stay outside these options, which cost
+// them 10-15% (GCC's optimize pragma also resets some of the -O3 choices for the functions it covers).
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
+#if MAGVIT2_X86_KERNELS
 #include "common/exp.h"
 #endif
 
 namespace magvit2 {
 namespace {
 
-// The float32 loops are x86-64 code (the AVX2 + FMA tile). Other architectures, and builds with
-// MAGVIT2_NO_X86_KERNELS (csrc/common/arch.h), compile none of it and run the ATen calls below for every dtype, as
-// an x86-64 CPU without AVX2 + FMA does.
 #if MAGVIT2_X86_KERNELS
-bool avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
-// out[r, j] = res[r, j] (0 without res) + sum_p x[r, p] w[p, j] for r < ROWS, j < 8 VECS.
-template <int ROWS, int VECS>
-__attribute__((target("avx2,fma"))) inline void tile(const float* x, int64_t k, const float* w, int64_t ldw,
-                                                      const float* res, float* out, int64_t ldo, const float* ahead) {
-  __m256 acc[ROWS][VECS];
-#pragma GCC unroll 6
-  for (int r = 0; r < ROWS; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < VECS; ++v) acc[r][v] = res ? _mm256_loadu_ps(res + r * ldo + 8 * v) : _mm256_setzero_ps();
-  for (int64_t p = 0; p < k; ++p) {
-    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(ahead + p * ldw), _MM_HINT_T0);
-    __m256 wv[VECS];
-#pragma GCC unroll 2
-    for (int v = 0; v < VECS; ++v) wv[v] = _mm256_loadu_ps(w + p * ldw + 8 * v);
-#pragma GCC unroll 6
-    for (int r = 0; r < ROWS; ++r) {
-      const __m256 xb = _mm256_broadcast_ss(x + r * k + p);
-#pragma GCC unroll 2
-      for (int v = 0; v < VECS; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < ROWS; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < VECS; ++v) _mm256_storeu_ps(out + r * ldo + 8 * v, acc[r][v]);
-}
-
-// One 8 VECS-column panel for all m rows: blocks of 6 rows (4 + 4 for 8: 8 sums each, enough to hide the FMA
-// latency), the panel re-read from cache by every block after the first. The first block also prefetches the rows
-// of the panel at `ahead`.
-template <int VECS>
-__attribute__((target("avx2,fma"))) void panel(const float* x, int64_t m, int64_t k, const float* w, int64_t ldw,
-                                                const float* res, float* out, int64_t ldo, const float* ahead) {
-  for (int64_t r = 0; r < m;) {
-    const int64_t rows = m - r == 8 ? 4 : std::min<int64_t>(m - r, 6);
-    const float* xr = x + r * k;
-    const float* rr = res ? res + r * ldo : nullptr;
-    float* o = out + r * ldo;
-    const float* pf = r == 0 ? ahead : nullptr;
-    switch (rows) {
-      case 6: tile<6, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-      case 5: tile<5, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-      case 4: tile<4, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-      case 3: tile<3, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-      case 2: tile<2, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-      default: tile<1, VECS>(xr, k, w, ldw, rr, o, ldo, pf); break;
-    }
-    r += rows;
-  }
-}
-
-// Columns [j0, j1) of out (m, n) = res + x (m, k) @ w, all row-major contiguous; w is (k, n), or with `panels` its
-// 16-column panels (n / 16, k, 16), each contiguous. Each 16-column panel prefetches the one two panels on (in the
-// (k, n) layout 2 panels ahead measured 5.8-6.3 ms per step's 24 block matmuls, 1 ahead 6.9-7.0).
-__attribute__((target("avx2,fma"))) void gemm_columns(const float* x, int64_t m, int64_t k, const float* w, int64_t n,
-                                                       bool panels, const float* res, float* out, int64_t j0,
-                                                       int64_t j1) {
-  const int64_t stride = panels ? 16 * k : 16;  // from one 16-column panel to the next
-  int64_t j = j0;
-  for (; j + 16 <= j1; j += 16) {
-    const float* wj = panels ? w + j * k : w + j;
-    panel<2>(x, m, k, wj, panels ? 16 : n, res ? res + j : nullptr, out + j, n, wj + 2 * stride);
-  }
-  for (; j + 8 <= j1; j += 8) panel<1>(x, m, k, w + j, n, res ? res + j : nullptr, out + j, n, nullptr);  // (k, n)
-  for (; j < j1; ++j) {
-    for (int64_t r = 0; r < m; ++r) {
-      float s = res ? res[r * n + j] : 0.0f;
-      for (int64_t p = 0; p < k; ++p) s += x[r * k + p] * w[p * n + j];
-      out[r * n + j] = s;
-    }
-  }
-}
-
-// out = res + x @ w for a weight given as (in, out) or as its panels (out / 16, in, 16).
-void gemm(const float* x, int64_t m, int64_t k, const at::Tensor& w, const float* res, float* out) {
-  if (m == 0 || k == 0) {  // the grain below divides by m * k; the entry points return before zero rows get here
-    return;
-  }
-  const bool panels = w.dim() == 3;
-  const int64_t n = decode_out(w);
-  const float* wp = w.const_data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / (32 * m * k));  // >= 256 kFLOP per task
-  at::parallel_for(0, (n + 15) / 16, grain, [&](int64_t begin, int64_t end) {
-    gemm_columns(x, m, k, wp, n, panels, res, out, begin * 16, std::min(end * 16, n));
-  });
-}
-
-// RMSNorm of each row (the weight is folded into the next matmul): x * rsqrt(mean(x^2) + eps).
+// RMSNorm of each row as RMSNorm.forward computes it in float32: (x * rsqrt(mean(x^2) + eps)) * g.
 __attribute__((target_clones("avx2", "default"))) void rms_rows(const float* x, int64_t m, int64_t d, float eps,
-                                                                 float* out) {
+                                                                 const float* g, float* out) {
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * d;
     float s = 0.0f;
@@ -140,15 +328,16 @@ __attribute__((target_clones("avx2", "default"))) void rms_rows(const float* x, 
     for (int64_t i = 0; i < d; ++i) s += xr[i] * xr[i];
     const float inv = 1.0f / std::sqrt(s / static_cast<float>(d) + eps);
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) out[r * d + i] = xr[i] * inv;
+    for (int64_t i = 0; i < d; ++i) out[r * d + i] = xr[i] * inv * g[i];
   }
 }
 
-// g = silu(a) * b for u = [a | b] (m, 2 hidden): sigmoid from e = exp(-|a|) <= 1 (the exp's domain).
-__attribute__((target_clones("avx2", "default"))) void swiglu(const float* u, int64_t m, int64_t hidden, float* g) {
+// g = silu(a) * b for a, b (m, hidden): sigmoid from e = exp(-|a|) <= 1 (the exp's domain).
+__attribute__((target_clones("avx2", "default"))) void swiglu(const float* a_all, const float* b_all, int64_t m,
+                                                               int64_t hidden, float* g) {
   for (int64_t r = 0; r < m; ++r) {
-    const float* a = u + r * 2 * hidden;
-    const float* b = a + hidden;
+    const float* a = a_all + r * hidden;
+    const float* b = b_all + r * hidden;
     float* e = g + r * hidden;
 #pragma omp simd
     for (int64_t i = 0; i < hidden; ++i) e[i] = -std::fabs(a[i]);
@@ -196,28 +385,29 @@ __attribute__((target_clones("avx2", "default"))) void attend(const float* q, co
   for (int64_t i = 0; i < d; ++i) out[i] *= inv;
 }
 
-at::Tensor decode_float(const at::Tensor& x, const at::Tensor& wqkv, const at::Tensor& wo, const at::Tensor& w13,
-                        const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& rope,
-                        int64_t n, double eps) {
+at::Tensor decode_float(const at::Tensor& x, const DecodeWeights& w, at::Tensor& k_cache, at::Tensor& v_cache,
+                        const at::Tensor& rope, int64_t n, double eps) {
   const int64_t m = x.size(0), dim = x.size(1), heads = k_cache.size(1), length = k_cache.size(2);
-  const int64_t d = k_cache.size(3), hidden = decode_in(w2);
-  const at::Tensor xc = x.contiguous(), wqkv_c = wqkv.contiguous(), wo_c = wo.contiguous();
-  const at::Tensor w13_c = w13.contiguous(), w2_c = w2.contiguous();
+  const int64_t d = k_cache.size(3), hidden = w.w1.size(0);
+  const at::Tensor xc = x.contiguous(), wqkv = w.wqkv.contiguous(), wo = w.wo.contiguous();
+  const at::Tensor w1 = w.w1.contiguous(), w3 = w.w3.contiguous(), w2 = w.w2.contiguous();
+  const at::Tensor g1 = w.attention_norm.contiguous(), g2 = w.ffn_norm.contiguous();
   const at::Tensor row = rope.select(0, n).contiguous();
   at::Tensor out = at::empty({m, dim}, x.options());
-  // scratch: normed rows, qkv, attention output, h, [w1 | w3] output, SwiGLU
-  at::Tensor scratch = at::empty({m * (dim + 3 * dim + dim + dim + 2 * hidden + hidden)}, x.options());
+  // scratch: normed rows, qkv, attention output, h, w1 and w3 outputs, SwiGLU
+  at::Tensor scratch = at::empty({m * (dim + 3 * dim + dim + dim + 3 * hidden)}, x.options());
   float* xn = scratch.data_ptr<float>();
   float* qkv = xn + m * dim;
   float* att = qkv + m * 3 * dim;
   float* h = att + m * dim;
-  float* u = h + m * dim;
-  float* g = u + m * 2 * hidden;
+  float* a = h + m * dim;
+  float* b = a + m * hidden;
+  float* g = b + m * hidden;
   const float* xp = xc.const_data_ptr<float>();
   const float epsf = static_cast<float>(eps);
 
-  rms_rows(xp, m, dim, epsf, xn);
-  gemm(xn, m, dim, wqkv_c, nullptr, qkv);
+  rms_rows(xp, m, dim, epsf, g1.const_data_ptr<float>(), xn);
+  gemm(xn, m, dim, wqkv, nullptr, qkv, 3 * dim);
   const float* cs = row.const_data_ptr<float>();
   float* kc = k_cache.data_ptr<float>();
   float* vc = v_cache.data_ptr<float>();
@@ -231,19 +421,20 @@ at::Tensor decode_float(const at::Tensor& x, const at::Tensor& wqkv, const at::T
              buf.data() + d, att + r * dim + hd * d);
     }
   });
-  gemm(att, m, dim, wo_c, xp, h);
-  rms_rows(h, m, dim, epsf, xn);
-  gemm(xn, m, dim, w13_c, nullptr, u);
-  swiglu(u, m, hidden, g);
-  gemm(g, m, hidden, w2_c, h, out.data_ptr<float>());
+  gemm(att, m, dim, wo, xp, h, dim);
+  rms_rows(h, m, dim, epsf, g2.const_data_ptr<float>(), xn);
+  gemm(xn, m, dim, w1, nullptr, a, hidden);
+  gemm(xn, m, dim, w3, nullptr, b, hidden);
+  swiglu(a, b, m, hidden, g);
+  gemm(g, m, hidden, w2, h, out.data_ptr<float>(), dim);
   return out;
 }
 #endif  // MAGVIT2_X86_KERNELS
 
 // The reference's ATen calls (magvit2/ops/reference/ar_decode.py), for every other dtype.
-at::Tensor rms_ref(const at::Tensor& x, double eps) {
+at::Tensor rms_ref(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor xf = x.to(at::kFloat);
-  return (xf * at::rsqrt(xf.square().mean({-1}, true) + eps)).to(x.scalar_type());
+  return (xf * at::rsqrt(xf.square().mean({-1}, true) + eps)).to(x.scalar_type()) * weight;
 }
 
 at::Tensor rope_ref(const at::Tensor& x, const at::Tensor& row) {
@@ -253,32 +444,28 @@ at::Tensor rope_ref(const at::Tensor& x, const at::Tensor& row) {
   return at::stack({a * cos - b * sin, b * cos + a * sin}, -1).flatten(-2).to(x.scalar_type());
 }
 
-// A weight as (in, out): panels (out / 16, in, 16) put back side by side.
-at::Tensor dense(const at::Tensor& w) { return w.dim() == 3 ? w.permute({1, 0, 2}).reshape({w.size(1), -1}) : w; }
-
-at::Tensor decode_aten(const at::Tensor& x, const at::Tensor& wqkv_in, const at::Tensor& wo_in,
-                       const at::Tensor& w13_in, const at::Tensor& w2_in, at::Tensor& k_cache, at::Tensor& v_cache,
+at::Tensor decode_aten(const at::Tensor& x, const DecodeWeights& w, at::Tensor& k_cache, at::Tensor& v_cache,
                        const at::Tensor& rope, int64_t n, double eps) {
-  const at::Tensor wqkv = dense(wqkv_in), wo = dense(wo_in), w13 = dense(w13_in), w2 = dense(w2_in);
   const int64_t r = x.size(0), dim = x.size(1), heads = k_cache.size(1), d = k_cache.size(3);
-  const at::Tensor qkv = at::matmul(rms_ref(x, eps), wqkv).view({r, 3, heads, d});
+  const at::Tensor qkv = at::linear(rms_ref(x, w.attention_norm, eps), w.wqkv).view({r, 3, heads, d});
   const at::Tensor qk = rope_ref(qkv.slice(1, 0, 2), rope.select(0, n));  // (R, 2, H, D)
   k_cache.select(2, n).copy_(qk.select(1, 1));
   v_cache.select(2, n).copy_(qkv.select(1, 2));
   const at::Tensor att = at::scaled_dot_product_attention(qk.select(1, 0).unsqueeze(2), k_cache.slice(2, 0, n + 1),
                                                           v_cache.slice(2, 0, n + 1));
-  const at::Tensor h = at::addmm(x, att.reshape({r, dim}), wo);
-  const std::vector<at::Tensor> ab = at::matmul(rms_ref(h, eps), w13).chunk(2, -1);
-  return at::addmm(h, at::silu(ab[0]) * ab[1], w2);
+  const at::Tensor h = x + at::linear(att.reshape({r, dim}), w.wo);
+  const at::Tensor hn = rms_ref(h, w.ffn_norm, eps);
+  return h + at::linear(at::silu(at::linear(hn, w.w1)) * at::linear(hn, w.w3), w.w2);
 }
 
 #if MAGVIT2_X86_KERNELS
-at::Tensor logits_float(const at::Tensor& z, const at::Tensor& head, double eps, const std::optional<double>& cfg) {
-  const int64_t rows = z.size(0), dim = z.size(1), vocab = decode_out(head);
-  const at::Tensor zc = z.contiguous(), hc = head.contiguous();
+at::Tensor logits_float(const at::Tensor& z, const at::Tensor& norm, const at::Tensor& head, double eps,
+                        const std::optional<double>& cfg) {
+  const int64_t rows = z.size(0), dim = z.size(1), vocab = head.size(0);
+  const at::Tensor zc = z.contiguous(), gc = norm.contiguous(), hc = head.contiguous();
   at::Tensor zn = at::empty({rows, dim}, z.options());
   float* zp = zn.data_ptr<float>();
-  rms_rows(zc.const_data_ptr<float>(), rows, dim, static_cast<float>(eps), zp);
+  rms_rows(zc.const_data_ptr<float>(), rows, dim, static_cast<float>(eps), gc.const_data_ptr<float>(), zp);
   int64_t m = rows;
   if (cfg.has_value()) {  // torch.lerp(uncond, cond, s): from the nearer end, as ATen's lerp
     m = rows / 2;
@@ -289,47 +476,48 @@ at::Tensor logits_float(const at::Tensor& z, const at::Tensor& head, double eps,
     }
   }
   at::Tensor out = at::empty({m, vocab}, z.options());
-  gemm(zp, m, dim, hc, nullptr, out.data_ptr<float>());
+  gemm(zp, m, dim, hc, nullptr, out.data_ptr<float>(), vocab);
   return out;
 }
 #endif  // MAGVIT2_X86_KERNELS
 
-at::Tensor logits_aten(const at::Tensor& z, const at::Tensor& head, double eps, const std::optional<double>& cfg) {
-  at::Tensor zn = rms_ref(z, eps);
+at::Tensor logits_aten(const at::Tensor& z, const at::Tensor& norm, const at::Tensor& head, double eps,
+                       const std::optional<double>& cfg) {
+  at::Tensor zn = rms_ref(z, norm, eps);
   if (cfg.has_value()) {
     const std::vector<at::Tensor> halves = zn.chunk(2);
     zn = at::lerp(halves[1], halves[0], *cfg);
   }
-  return at::matmul(zn, dense(head));
+  return at::linear(zn, head);
 }
 
 }  // namespace
 
-at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& head, double eps,
+at::Tensor decode_logits_cpu(const at::Tensor& z, const at::Tensor& norm, const at::Tensor& head, double eps,
                              std::optional<double> cfg_scale) {
-  check_logits_args(z, head, eps, cfg_scale);
+  check_logits_args(z, norm, head, eps, cfg_scale);
   if (z.size(0) == 0) {  // zero rows (a generation of no images): empty logits, no kernel
-    return at::empty({0, decode_out(head)}, z.options());
+    return at::empty({0, head.size(0)}, z.options());
   }
 #if MAGVIT2_X86_KERNELS
-  if (z.scalar_type() == at::kFloat && avx2_fma()) return logits_float(z, head, eps, cfg_scale);
+  if (z.scalar_type() == at::kFloat && avx2_fma()) return logits_float(z, norm, head, eps, cfg_scale);
 #endif
-  return logits_aten(z, head, eps, cfg_scale);
+  return logits_aten(z, norm, head, eps, cfg_scale);
 }
 
-at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& wqkv, const at::Tensor& wo, const at::Tensor& w13,
-                            const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& rope,
-                            const at::Tensor& pos, double eps) {
-  const int64_t n = check_decode_args(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps);
+at::Tensor decode_block_cpu(const at::Tensor& x, const at::Tensor& attention_norm, const at::Tensor& wqkv,
+                            const at::Tensor& wo, const at::Tensor& ffn_norm, const at::Tensor& w1,
+                            const at::Tensor& w3, const at::Tensor& w2, at::Tensor& k_cache, at::Tensor& v_cache,
+                            const at::Tensor& rope, const at::Tensor& pos, double eps) {
+  const DecodeWeights w{attention_norm, wqkv, wo, ffn_norm, w1, w3, w2};
+  const int64_t n = check_decode_args(x, w, k_cache, v_cache, rope, pos, eps);
   if (x.size(0) == 0) {  // zero rows: nothing to write into the (0, H, S, D) caches
     return at::empty_like(x, at::MemoryFormat::Contiguous);
   }
 #if MAGVIT2_X86_KERNELS
-  if (x.scalar_type() == at::kFloat && avx2_fma()) {
-    return decode_float(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, n, eps);
-  }
+  if (x.scalar_type() == at::kFloat && avx2_fma()) return decode_float(x, w, k_cache, v_cache, rope, n, eps);
 #endif
-  return decode_aten(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, n, eps);
+  return decode_aten(x, w, k_cache, v_cache, rope, n, eps);
 }
 
 TORCH_LIBRARY_IMPL(magvit2, CPU, m) {
@@ -338,3 +526,5 @@ TORCH_LIBRARY_IMPL(magvit2, CPU, m) {
 }
 
 }  // namespace magvit2
+
+#pragma GCC pop_options

@@ -78,13 +78,13 @@ def fake_sample_tokens(logits, uncond, cfg_scale, temperature, top_k, top_p, see
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
 
 
-def fake_decode_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps):
+def fake_decode_block(x, attention_norm, wqkv, wo, ffn_norm, w1, w3, w2, k_cache, v_cache, rope, pos, eps):
     return x.new_empty(x.shape)
 
 
-def fake_decode_logits(z, head, eps, cfg_scale):
+def fake_decode_logits(z, norm, head, eps, cfg_scale):
     rows = z.shape[0] // 2 if cfg_scale is not None else z.shape[0]
-    return z.new_empty((rows, reference.weight_out(head)))
+    return z.new_empty((rows, head.shape[0]))
 
 
 # --- the ops ------------------------------------------------------------------------------------------------------
@@ -127,21 +127,21 @@ define(
     fake=fake_sample_tokens,
 )
 # One pre-norm transformer block for the newest position of R rows (a generation step's body); writes k, v at
-# `pos` of the caches. Weights (in, out) or (out / 16, in, 16) panels, RMSNorm weights folded in. A CPU kernel only:
+# `pos` of the caches. Weights as the block holds them (RMSNorm weights, nn.Linear (out, in)). A CPU kernel only:
 # on a GPU the step's tensor ops run as they are (the reference) or are captured whole (torch.compile, CUDA graphs).
 define(
     "decode_block",
-    "decode_block(Tensor x, Tensor wqkv, Tensor wo, Tensor w13, Tensor w2, Tensor(a!) k_cache, "
-    "Tensor(b!) v_cache, Tensor rope, Tensor pos, float eps) -> Tensor",
+    "decode_block(Tensor x, Tensor attention_norm, Tensor wqkv, Tensor wo, Tensor ffn_norm, Tensor w1, Tensor w3, "
+    "Tensor w2, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor rope, Tensor pos, float eps) -> Tensor",
     kernels=("cpu",),
     reference_fn=reference.decode_block,
     fake=fake_decode_block,
 )
-# The step's head: RMSNorm (weight folded into head), guidance over [cond; uncond] rows when cfg_scale is given,
-# then the (dim, vocab) projection. A CPU kernel only.
+# The step's head: RMSNorm (weight `norm`), guidance over [cond; uncond] rows when cfg_scale is given, then the
+# (vocab, dim) nn.Linear head. A CPU kernel only.
 define(
     "decode_logits",
-    "decode_logits(Tensor z, Tensor head, float eps, float? cfg_scale) -> Tensor",
+    "decode_logits(Tensor z, Tensor norm, Tensor head, float eps, float? cfg_scale) -> Tensor",
     kernels=("cpu",),
     reference_fn=reference.decode_logits,
     fake=fake_decode_logits,

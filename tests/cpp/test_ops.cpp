@@ -103,28 +103,26 @@ void test_entropy_gradient_finite_difference() {
 
 void test_decode_block_float_vs_double() {
   // The float32 kernel (own matmul tiles and attention) against the same block in float64 (the ATen path), for
-  // 16 rows at a mid-cache position with both weight layouts; the cache row written must agree too.
+  // 16 rows at a mid-cache position on the weights as a block holds them; the cache row written must agree too.
   const int64_t rows = 16, heads = 4, d = 16, dim = heads * d, hidden = 96, length = 12, pos = 7;
   auto rnd = [](std::vector<int64_t> shape, double scale) { return at::randn(shape, at::kDouble) * scale; };
-  std::vector<at::Tensor> w = {rnd({dim, 3 * dim}, 0.125), rnd({dim, dim}, 0.125), rnd({dim, 2 * hidden}, 0.125),
-                               rnd({hidden, dim}, 0.1)};
+  // attention_norm, wqkv, wo, ffn_norm, w1, w3, w2
+  std::vector<at::Tensor> w = {1 + rnd({dim}, 0.2),         rnd({3 * dim, dim}, 0.125), rnd({dim, dim}, 0.125),
+                               1 + rnd({dim}, 0.2),         rnd({hidden, dim}, 0.125),  rnd({hidden, dim}, 0.125),
+                               rnd({dim, hidden}, 0.1)};
   const at::Tensor x = rnd({rows, dim}, 1.0), k0 = rnd({rows, heads, length, d}, 1.0), v0 = rnd({rows, heads, length, d}, 1.0);
   const at::Tensor rope = at::rand({length, d / 2, 2}, at::kFloat), p = at::scalar_tensor(pos, at::kLong);
   at::Tensor k64 = k0.clone(), v64 = v0.clone();
-  const at::Tensor want = magvit2::decode_block_cpu(x, w[0], w[1], w[2], w[3], k64, v64, rope, p, 1e-5);
-  for (bool panels : {false, true}) {
-    std::vector<at::Tensor> wf;
-    for (const at::Tensor& m : w) {
-      const at::Tensor f = m.to(at::kFloat);
-      wf.push_back(panels ? f.unflatten(1, {-1, 16}).transpose(0, 1).contiguous() : f);
-    }
-    at::Tensor k32 = k0.to(at::kFloat), v32 = v0.to(at::kFloat);
-    const at::Tensor got = magvit2::decode_block_cpu(x.to(at::kFloat), wf[0], wf[1], wf[2], wf[3], k32, v32, rope, p, 1e-5);
-    const double err = (got.to(at::kDouble) - want).abs().max().item<double>();
-    const double kerr = (k32.to(at::kDouble) - k64).abs().max().item<double>();
-    expect(err < 1e-4 && kerr < 1e-5, std::string("decode_block float32 vs float64") + (panels ? " (panels)" : "") +
-                                          ", max abs err " + sci(err) + ", cache " + sci(kerr));
-  }
+  const at::Tensor want = magvit2::decode_block_cpu(x, w[0], w[1], w[2], w[3], w[4], w[5], w[6], k64, v64, rope, p, 1e-5);
+  std::vector<at::Tensor> wf;
+  for (const at::Tensor& m : w) wf.push_back(m.to(at::kFloat));
+  at::Tensor k32 = k0.to(at::kFloat), v32 = v0.to(at::kFloat);
+  const at::Tensor got = magvit2::decode_block_cpu(x.to(at::kFloat), wf[0], wf[1], wf[2], wf[3], wf[4], wf[5], wf[6],
+                                                   k32, v32, rope, p, 1e-5);
+  const double err = (got.to(at::kDouble) - want).abs().max().item<double>();
+  const double kerr = (k32.to(at::kDouble) - k64).abs().max().item<double>();
+  expect(err < 1e-4 && kerr < 1e-5,
+         "decode_block float32 vs float64, max abs err " + sci(err) + ", cache " + sci(kerr));
 }
 
 }  // namespace

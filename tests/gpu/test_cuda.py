@@ -128,20 +128,23 @@ def test_decode_ops_run_the_reference_on_cuda_and_generate_matches_cpu():
     assert backends.serving("decode_block", "cuda") == "reference"
     g = torch.Generator().manual_seed(0)
     x, k, v = torch.randn(16, 256, generator=g), torch.randn(16, 4, 9, 64, generator=g), torch.randn(16, 4, 9, 64)
-    w = [
-        torch.randn(256, 768) / 16,
+    w = [  # attention_norm, wqkv, wo, ffn_norm, w1, w3, w2 as a block holds them
+        torch.rand(256, generator=g) + 0.5,
+        torch.randn(768, 256) / 16,
         torch.randn(256, 256) / 16,
-        torch.randn(256, 1536) / 16,
-        torch.randn(768, 256) / 28,
+        torch.rand(256, generator=g) + 0.5,
+        torch.randn(768, 256) / 16,
+        torch.randn(768, 256) / 16,
+        torch.randn(256, 768) / 28,
     ]
     rope, pos = torch.rand(9, 32, 2), torch.tensor(5)
     cpu = ops.decode_block(x, *w, k.clone(), v.clone(), rope, pos, 1e-5)
     gpu = ops.decode_block(x.cuda(), *(m.cuda() for m in w), k.cuda(), v.cuda(), rope.cuda(), pos.cuda(), 1e-5)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
-    head = torch.randn(256, 4096) / 16
+    head, norm = torch.randn(4096, 256) / 16, w[0]
     torch.testing.assert_close(
-        ops.decode_logits(x.cuda(), head.cuda(), 1e-5, 4.0).cpu(),
-        ops.decode_logits(x, head, 1e-5, 4.0),
+        ops.decode_logits(x.cuda(), norm.cuda(), head.cuda(), 1e-5, 4.0).cpu(),
+        ops.decode_logits(x, norm, head, 1e-5, 4.0),
         rtol=1e-4,
         atol=1e-4,
     )

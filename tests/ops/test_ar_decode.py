@@ -1,5 +1,10 @@
 """decode_block / decode_logits: the C++ kernel against the plain-torch reference (float32 within rounding, other
-dtypes bit for bit), cache writes, both weight layouts, tails of the matmul tiles, opcheck and argument errors."""
+dtypes bit for bit), cache writes, the module's own weights read in place, tails of the matmul tiles, each vector
+path (AVX-512, AVX2, the ATen calls: MAGVIT2_CPU_ISA), opcheck and argument errors."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,20 +27,24 @@ def _block_inputs(rows, heads, head_dim, hidden, length, dtype, seed=0):
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
+    # as a transformer block holds them: attention_norm, wqkv, wo, ffn_norm, w1, w3, w2
     weights = [
-        rand(dim, 3 * dim, scale=dim**-0.5),
+        1 + rand(dim, scale=0.2),
+        rand(3 * dim, dim, scale=dim**-0.5),
         rand(dim, dim, scale=dim**-0.5),
-        rand(dim, 2 * hidden, scale=dim**-0.5),
-        rand(hidden, dim, scale=hidden**-0.5),
+        1 + rand(dim, scale=0.2),
+        rand(hidden, dim, scale=dim**-0.5),
+        rand(hidden, dim, scale=dim**-0.5),
+        rand(dim, hidden, scale=hidden**-0.5),
     ]
     caches = [rand(rows, heads, length, head_dim), rand(rows, heads, length, head_dim)]
     rope = torch.rand(length, head_dim // 2, 2, generator=g) * 2 - 1
     return rand(rows, dim), weights, caches, rope
 
 
-# (rows, heads, head_dim, hidden, length, pos): 8 + 8 rows of the benchmark model; tails of the 6-row tiles (1, 5,
-# 7) and of the 16-column panels (dim 20 -> 60/20-column matmuls, hidden 37 -> 74 columns: 16-, 8- and 1-column
-# tails); pos at both ends of the cache
+# (rows, heads, head_dim, hidden, length, pos): 8 + 8 rows of the benchmark model; tails of the 6- and 2-row tiles
+# (1, 5, 7 rows), of the 4-weight-row tiles (hidden 37, dim 10: 1-3 rows left) and of the 16- and 8-float vectors
+# along `in` (dim 20, hidden 37, dim 2); pos at both ends of the cache
 SHAPES = [
     (16, 4, 64, 768, 40, 17),
     (16, 4, 64, 768, 257, 256),
@@ -54,12 +63,10 @@ def _run(fn, x, weights, caches, rope, pos, eps=1e-5):
     return out, k, v
 
 
-@pytest.mark.parametrize("panels", [False, True], ids=["in-out", "panels"])
 @pytest.mark.parametrize("rows, heads, head_dim, hidden, length, pos", SHAPES, ids=IDS)
-def test_block_float32_matches_reference(rows, heads, head_dim, hidden, length, pos, panels):
+def test_block_float32_matches_reference(rows, heads, head_dim, hidden, length, pos):
     x, weights, caches, rope = _block_inputs(rows, heads, head_dim, hidden, length, torch.float32)
-    ours_w = [ops.decode_panels(w) for w in weights] if panels else weights
-    out, k, v = _run(ops.decode_block, x, ours_w, caches, rope, pos)
+    out, k, v = _run(ops.decode_block, x, weights, caches, rope, pos)
     want, k_ref, v_ref = _run(ref.decode_block, x, weights, caches, rope, pos)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
@@ -90,68 +97,76 @@ def test_block_is_one_layer_of_the_full_attention():
         [ops.decode_block(xs[:, t], *weights, k, v, rope, torch.tensor(t), 1e-5) for t in range(length)], 1
     )
     # the same block over the whole sequence at once, causal attention
-    wqkv, wo, w13, w2 = weights
-    qkv = (ref.rms(xs, 1e-5) @ wqkv).view(rows, length, 3, heads, head_dim)
+    g1, wqkv, wo, g2, w1, w3, w2 = weights
+    qkv = (ref.rms(xs, g1, 1e-5) @ wqkv.t()).view(rows, length, 3, heads, head_dim)
     q, kk = (apply_rope(qkv[:, :, i], rope).transpose(1, 2) for i in (0, 1))  # (R, H, S, D)
     att = torch.nn.functional.scaled_dot_product_attention(q, kk, qkv[:, :, 2].transpose(1, 2), is_causal=True)
-    h = xs + att.transpose(1, 2).reshape(rows, length, -1) @ wo
-    a, b = (ref.rms(h, 1e-5) @ w13).chunk(2, dim=-1)
-    full = h + (torch.nn.functional.silu(a) * b) @ w2
+    h = xs + att.transpose(1, 2).reshape(rows, length, -1) @ wo.t()
+    hn = ref.rms(h, g2, 1e-5)
+    full = h + (torch.nn.functional.silu(hn @ w1.t()) * (hn @ w3.t())) @ w2.t()
     torch.testing.assert_close(steps, full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(k, kk, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("panels", [False, True], ids=["in-out", "panels"])
 @pytest.mark.parametrize("cfg", [None, 1.0, 0.3, 4.0], ids=lambda c: f"cfg{c}")
 @pytest.mark.parametrize("rows, dim, vocab", [(16, 256, 4096), (16, 256, 64), (2, 20, 37), (6, 8, 24)], ids=str)
-def test_logits_match_reference(rows, dim, vocab, cfg, panels):
+def test_logits_match_reference(rows, dim, vocab, cfg):
     g = torch.Generator().manual_seed(1)
-    z, head = torch.randn(rows, dim, generator=g), torch.randn(dim, vocab, generator=g) * dim**-0.5
-    out = ops.decode_logits(z, ops.decode_panels(head) if panels else head, 1e-5, cfg)
-    want = ref.decode_logits(z, head, 1e-5, cfg)
+    z, head = torch.randn(rows, dim, generator=g), torch.randn(vocab, dim, generator=g) * dim**-0.5
+    norm = 1 + 0.2 * torch.randn(dim, generator=g)
+    out = ops.decode_logits(z, norm, head, 1e-5, cfg)
+    want = ref.decode_logits(z, norm, head, 1e-5, cfg)
     assert out.shape == (rows if cfg is None else rows // 2, vocab)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-5)
     if cfg == 1.0:  # weight 1: the conditional rows alone
-        torch.testing.assert_close(out, ref.rms(z[: rows // 2], 1e-5) @ head, rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(out, ref.rms(z[: rows // 2], norm, 1e-5) @ head.t(), rtol=1e-5, atol=2e-5)
     for dtype in (torch.float64, torch.bfloat16):
-        assert torch.equal(
-            ops.decode_logits(z.to(dtype), head.to(dtype), 1e-5, cfg),
-            ref.decode_logits(z.to(dtype), head.to(dtype), 1e-5, cfg),
-        )
+        zd, nd, hd = z.to(dtype), norm.to(dtype), head.to(dtype)
+        assert torch.equal(ops.decode_logits(zd, nd, hd, 1e-5, cfg), ref.decode_logits(zd, nd, hd, 1e-5, cfg))
 
 
-def test_panels_layout():
-    w = torch.randn(5, 48)
-    p = ops.decode_panels(w)
-    assert p.shape == (3, 5, 16) and p.is_contiguous()
-    assert torch.equal(p[1], w[:, 16:32]) and torch.equal(ref.dense(p), w)
-    odd = torch.randn(5, 20)
-    assert ops.decode_panels(odd) is odd
+_ISA_SCRIPT = """
+import torch
+from magvit2 import ops
+from magvit2.ops.reference import ar_decode as ref
+from tests.ops.test_ar_decode import SHAPES, _block_inputs, _run
+for rows, heads, head_dim, hidden, length, pos in SHAPES:
+    x, weights, caches, rope = _block_inputs(rows, heads, head_dim, hidden, length, torch.float32)
+    out, k, v = _run(ops.decode_block, x, weights, caches, rope, pos)
+    want, k_ref, v_ref = _run(ref.decode_block, x, weights, caches, rope, pos)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
+    z, norm, head = torch.randn(rows * 2, 20), torch.rand(20) + 0.5, torch.randn(37, 20)
+    torch.testing.assert_close(
+        ops.decode_logits(z, norm, head, 1e-5, 3.0), ref.decode_logits(z, norm, head, 1e-5, 3.0), rtol=1e-5, atol=2e-5
+    )
+    if {exact}:  # the ATen calls: the reference bit for bit
+        assert torch.equal(out, want) and torch.equal(k, k_ref)
+print("ok")
+"""
 
 
-# (out of each part, in): whole panels per part; parts of 8 columns (the panels straddle them); an odd total
-@pytest.mark.parametrize("outs, k", [((48, 48), 5), ((32,), 7), ((24, 24), 3), ((20,), 4)], ids=str)
-@pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "plain"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-def test_decode_weight_equals_fold_transpose_panels(outs, k, scaled, dtype):
-    """nn.Linear weights written once into the decode layout: bit for bit the fold, transpose and panel copy."""
-    g = torch.Generator().manual_seed(0)
-    parts = [torch.randn(o, k, generator=g).to(dtype).requires_grad_() for o in outs]
-    scale = torch.rand(k, generator=g).to(dtype) + 0.5 if scaled else None
-    with torch.no_grad():
-        folded = torch.cat(parts) * scale if scaled else torch.cat(parts)
-        dense = folded.t().contiguous()
-    for panels in (False, True):
-        got = ops.decode_weight(parts, scale, panels=panels)
-        want = ops.decode_panels(dense) if panels else dense
-        assert got.shape == want.shape and got.is_contiguous() and not got.requires_grad
-        assert torch.equal(got, want)
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_every_vector_path_matches_reference(isa):
+    """MAGVIT2_CPU_ISA caps the kernel's choice: the AVX2 tile and the ATen calls run here too (a fresh process, as
+    the choice is made once)."""
+    env = dict(os.environ, MAGVIT2_CPU_ISA=isa)
+    script = _ISA_SCRIPT.format(exact=isa == "base")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_unknown_isa_is_refused():
+    env = dict(os.environ, MAGVIT2_CPU_ISA="sse9")
+    script = _ISA_SCRIPT.format(exact=False)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "MAGVIT2_CPU_ISA must be avx512, avx2 or base, got 'sse9'" in run.stderr
 
 
 def test_non_contiguous_inputs():
     x, weights, caches, rope = _block_inputs(4, 2, 8, 24, 5, torch.float32)
-    strided = [torch.empty(w.shape[1], w.shape[0]).t().copy_(w) for w in weights]  # (in, out) views of (out, in)
-    assert not strided[0].is_contiguous()
+    strided = [torch.empty(w.shape[::-1]).t().copy_(w) if w.dim() == 2 else w[None].expand(2, -1)[1] for w in weights]
+    assert not strided[1].is_contiguous()
     x_t = torch.empty(x.shape[1], x.shape[0]).t().copy_(x)
     out, _, _ = _run(ops.decode_block, x_t, strided, caches, rope, 3)
     want, _, _ = _run(ref.decode_block, x, weights, caches, rope, 3)
@@ -161,16 +176,16 @@ def test_non_contiguous_inputs():
 def test_opcheck():
     x, weights, (k, v), rope = _block_inputs(4, 2, 8, 16, 5, torch.float32)
     torch.library.opcheck(torch.ops.magvit2.decode_block.default, (x, *weights, k, v, rope, torch.tensor(2), 1e-5))
-    panels = [ops.decode_panels(w) for w in weights]
-    torch.library.opcheck(torch.ops.magvit2.decode_block.default, (x, *panels, k, v, rope, torch.tensor(0), 1e-6))
-    z, head = torch.randn(4, 16), torch.randn(16, 32)
-    torch.library.opcheck(torch.ops.magvit2.decode_logits.default, (z, head, 1e-5, 2.0))
-    torch.library.opcheck(torch.ops.magvit2.decode_logits.default, (z, ops.decode_panels(head), 1e-5, None))
+    z, norm, head = torch.randn(4, 16), torch.rand(16), torch.randn(32, 16)
+    torch.library.opcheck(torch.ops.magvit2.decode_logits.default, (z, norm, head, 1e-5, 2.0))
+    torch.library.opcheck(torch.ops.magvit2.decode_logits.default, (z, norm, head, 1e-5, None))
 
 
 def _bad_block(**change):
-    x, (wqkv, wo, w13, w2), (k, v), rope = _block_inputs(2, 2, 4, 8, 5, torch.float32)
-    args = dict(x=x, wqkv=wqkv, wo=wo, w13=w13, w2=w2, k_cache=k, v_cache=v, rope=rope, pos=torch.tensor(1), eps=1e-5)
+    x, weights, (k, v), rope = _block_inputs(2, 2, 4, 8, 5, torch.float32)
+    names = ("attention_norm", "wqkv", "wo", "ffn_norm", "w1", "w3", "w2")
+    args = dict(x=x, **dict(zip(names, weights, strict=True)), k_cache=k, v_cache=v, rope=rope, pos=torch.tensor(1))
+    args["eps"] = 1e-5
     args.update(change)
     return args
 
@@ -195,8 +210,11 @@ BAD = [
         dict(k_cache=torch.zeros(2, 5, 2, 4).transpose(1, 2), v_cache=torch.zeros(2, 5, 2, 4).transpose(1, 2)),
         r"k_cache and v_cache must be contiguous .*\(not contiguous\)",
     ),
-    ("wqkv", dict(wqkv=torch.randn(8, 8)), r"wqkv must be \(in, out\) = \(8, 24\)"),
-    ("w13 hidden", dict(w13=torch.randn(8, 10)), r"w13 must be \(in, out\) = \(8, 16\)"),
+    ("wqkv (in, out)", dict(wqkv=torch.randn(8, 24)), r"wqkv must be \(24, 8\) \(as the block stores it"),
+    ("w3 hidden", dict(w3=torch.randn(10, 8)), r"w3 must be \(8, 8\)"),
+    ("w2 hidden", dict(w2=torch.randn(8, 10)), r"w2 must be \(8, 8\)"),
+    ("norm", dict(ffn_norm=torch.ones(7)), r"ffn_norm must be \(8,?\)"),
+    ("dtype", dict(wo=torch.randn(8, 8, dtype=torch.float64)), r"wo must be \(8, 8\) .* got .*(Double|float64)"),
     (
         "rope dtype",
         dict(rope=torch.rand(5, 2, 2, dtype=torch.float64)),
@@ -219,16 +237,9 @@ def test_block_errors_name_the_argument(change, message, impl):
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 def test_logits_errors_name_the_argument(impl):
     fn = ops.decode_logits if impl == "kernel" else ref.decode_logits
-    with pytest.raises(ValueError, match=r"decode_logits: head must be \(dim, vocab\) with dim = 8"):
-        fn(torch.randn(4, 8), torch.randn(6, 32), 1e-5, None)
+    with pytest.raises(ValueError, match=r"decode_logits: head must be \(vocab, dim\) with dim = 8"):
+        fn(torch.randn(4, 8), torch.ones(8), torch.randn(8, 32), 1e-5, None)
+    with pytest.raises(ValueError, match=r"decode_logits: norm must be \(8,?\)"):
+        fn(torch.randn(4, 8), torch.ones(9), torch.randn(32, 8), 1e-5, None)
     with pytest.raises(ValueError, match=r"decode_logits: with cfg_scale, z must hold \[cond; uncond\] rows"):
-        fn(torch.randn(3, 8), torch.randn(8, 32), 1e-5, 2.0)
-
-
-def test_panels_only_where_the_fused_kernel_streams_them():
-    from magvit2.ops.ar_decode import prefers_panels
-
-    fused = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")  # the x86 kernels' tiles
-    assert prefers_panels(torch.device("cpu"), torch.float32) == fused
-    assert not prefers_panels(torch.device("cpu"), torch.float64)  # ATen calls: (in, out) weights
-    assert not prefers_panels(torch.device("meta"), torch.float32)
+        fn(torch.randn(3, 8), torch.ones(8), torch.randn(32, 8), 1e-5, 2.0)

@@ -14,7 +14,7 @@ CHILD = r"""
 import json, sys, torch
 from magvit2 import ops
 from magvit2.ops import backends
-from magvit2.ops.ar_decode import decode_block, decode_logits, decode_panels
+from magvit2.ops.ar_decode import decode_block, decode_logits
 
 device = sys.argv[1]
 out = {"serving": {op: backends.serving(op, torch.device(device).type) for op in
@@ -33,15 +33,15 @@ out["sample_tokens"] = [list(ops.sample_tokens(logits, top_k=3, top_p=0.9).shape
 if torch.device(device).type == "cpu":  # the decode ops are CPU kernels; other devices run the reference
     heads, d, hid = 2, 8, 32
     dim = heads * d
-    w = [torch.randn(dim, 3 * dim), torch.randn(dim, dim), torch.randn(dim, 2 * hid), torch.randn(hid, dim)]
+    g = torch.ones(dim)
+    w = [g, torch.randn(3 * dim, dim), torch.randn(dim, dim), g, torch.randn(hid, dim), torch.randn(hid, dim),
+         torch.randn(dim, hid)]
     rope = torch.rand(5, d // 2, 2)
-    shapes = []
-    for layout in (lambda t: t, decode_panels):
-        k, v = torch.zeros(0, heads, 5, d), torch.zeros(0, heads, 5, d)
-        y = decode_block(torch.zeros(0, dim), *map(layout, w), k, v, rope, torch.tensor(2), 1e-5)
-        head = layout(torch.randn(dim, 32))
-        shapes += [list(y.shape), list(decode_logits(torch.zeros(0, dim), head, 1e-5).shape),
-                   list(decode_logits(torch.zeros(0, dim), head, 1e-5, cfg_scale=2.0).shape)]
+    k, v = torch.zeros(0, heads, 5, d), torch.zeros(0, heads, 5, d)
+    y = decode_block(torch.zeros(0, dim), *w, k, v, rope, torch.tensor(2), 1e-5)
+    head = torch.randn(32, dim)
+    shapes = [list(y.shape), list(decode_logits(torch.zeros(0, dim), g, head, 1e-5).shape),
+              list(decode_logits(torch.zeros(0, dim), g, head, 1e-5, cfg_scale=2.0).shape)]
     out["decode"] = shapes
 print(json.dumps(out))
 """
@@ -63,4 +63,4 @@ def test_every_op_takes_zero_rows(device, backend):
     assert out["sample_tokens"] == [[0], [0]]
     if device == "cpu":
         assert out["serving"]["decode_block"] == out["serving"]["decode_logits"] == backend
-        assert out["decode"] == [[0, 16], [0, 32], [0, 32]] * 2  # (in, out) weights, then panels
+        assert out["decode"] == [[0, 16], [0, 32], [0, 32]]

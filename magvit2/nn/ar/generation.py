@@ -5,20 +5,17 @@ through the spatial blocks, writing k, v into preallocated caches, then runs the
 gives the pre logits, sub-step 1 (fed pre_emb(sampled pre)) the post logits. Sampling stays outside the step because
 `ops.sample_tokens` takes its stream offset as a Python int, which a compiled graph would specialise on.
 
-The step works on the model's own weights in the layouts a decode wants: the RMSNorm weights folded into the next
-projection, w1/w3 in one matrix (26 matmuls a token instead of 32), (in, out) layout, and guided logits formed
-before the linear head (half the rows through the 4096-way post head). Eager steps run each block as one
-`ops.decode_block` call and the head as one `ops.decode_logits` call: on a CPU these are fused C++ kernels with
-their own small-M matmul tiles (weights in 16-column panels) and attention over the written prefix of the cache.
-Measured on the 2-core EPYC, 1 thread, 8 + 8 rows of a dim-256 model with 4 + 1 layers: 10 ms a token position
-against 18-19 ms for the same step as ~80 tensor ops. A static step (for `torch.compile(fullgraph=True)`) runs
-tensor ops that attend over the whole cache under a mask built from the position tensor, so one graph serves
-every position.
+The step reads the model's own weights as the modules hold them (no copy: a generation costs the caches and a few
+rows of scratch above the model), with guided logits formed before the linear head (half the rows through the
+4096-way post head). Eager steps run each block as one `ops.decode_block` call and the head as one
+`ops.decode_logits` call: on a CPU these are fused C++ kernels with their own small-M matmul tiles over the
+nn.Linear (out, in) weights and attention over the written prefix of the cache. A static step (for
+`torch.compile(fullgraph=True)`) runs tensor ops that attend over the whole cache under a mask built from the position
+tensor, so one graph serves every position.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,7 +25,6 @@ from torch import nn
 
 from magvit2 import ops
 from magvit2.nn.ar.transformer import ARTransformer
-from magvit2.ops.ar_decode import prefers_panels
 from magvit2.ops.reference import ar_decode as ref
 
 
@@ -45,85 +41,27 @@ class Generated(NamedTuple):
 
 
 class _Weights(NamedTuple):
-    """One block's weights as the decode step uses them: (in, out) layout, RMSNorm weights folded in."""
+    """One block's weights as `ops.decode_block` takes them: the module's own tensors (detached), no copy."""
 
-    wqkv: torch.Tensor  # (dim, 3 dim): (wqkv * attention_norm)^T
+    attention_norm: torch.Tensor  # (dim,)
+    wqkv: torch.Tensor  # (3 dim, dim)
     wo: torch.Tensor  # (dim, dim)
-    w13: torch.Tensor  # (dim, 2 hidden): [w1; w3]^T * ffn_norm
-    w2: torch.Tensor  # (hidden, dim)
+    ffn_norm: torch.Tensor  # (dim,)
+    w1: torch.Tensor  # (hidden, dim)
+    w3: torch.Tensor  # (hidden, dim)
+    w2: torch.Tensor  # (dim, hidden)
 
 
-def _weights(block: nn.Module, panels: bool) -> _Weights:  # a transformer Block
-    ff, g1, g2 = block.feed_forward, block.attention_norm.weight, block.ffn_norm.weight
-    return _Weights(
-        ops.decode_weight([block.attention.wqkv.weight], g1, panels=panels),
-        ops.decode_weight([block.attention.wo.weight], panels=panels),
-        ops.decode_weight([ff.w1.weight, ff.w3.weight], g2, panels=panels),
-        ops.decode_weight([ff.w2.weight], panels=panels),
-    )
-
-
-class DecodeWeights(NamedTuple):
-    """A model's weights in the layouts a decode step reads (see `decode_weights`)."""
-
-    spatial: list[_Weights]
-    intra: list[_Weights]
-    heads: list[torch.Tensor]  # (dim, V) or its panels, model.norm folded in
-
-
-# model -> (key, DecodeWeights). Outside the module (no state_dict entry, nothing copied by deepcopy or pickled) and
-# weak, so the panels go with the model.
-_DECODE_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, DecodeWeights]] = weakref.WeakKeyDictionary()
-
-
-def _weights_key(model: ARTransformer, panels: bool) -> tuple:
-    """What the decode weights are derived from: each parameter's identity, storage and version counter (bumped by
-    every in-place write: optimizer steps, load_state_dict, copy_ under no_grad), device, dtype and shape."""
-    params = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype, tuple(p.shape)) for p in model.parameters())
-    return (panels, params)
-
-
-def _cacheable(model: ARTransformer) -> bool:
-    # parameters made under torch.inference_mode keep no version counter: their copies are rebuilt at every call
-    return not any(p.is_inference() for p in model.parameters())
-
-
-def decode_weights(model: ARTransformer, *, panels: bool) -> DecodeWeights:
-    """The model's block and head weights in decode layouts (RMSNorm weights folded in, (in, out), as 16-column
-    panels when `panels`), built once and reused by every generation until a parameter changes.
-
-    The copies replace nothing (the module keeps its own weights for training and state_dict), so they cost their
-    bytes once, about the model's size, for as long as the model lives: at the AR-B preset (343.6M parameters, 1,311
-    MiB) they are 1,296 MiB, built in 2.2 s by the first call; rebuilt at every call they cost 2.8-3.0 s before the
-    first token and 1.6-1.8 GiB of peak memory above the model (benchmarks/bench_decode_weights.py). A change of any
-    parameter (a new tensor, `.to()`, an in-place write that bumps its version counter) rebuilds them at the next
-    call; writes through `.data` bypass the version counter: call `release_decode_weights(model)` after them."""
-    cacheable = _cacheable(model)
-    key = _weights_key(model, panels) if cacheable else None
-    cached = _DECODE_WEIGHTS.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    release_decode_weights(model)  # the stale copies go before the new ones are built (one copy at a time)
-    built = DecodeWeights(
-        [_weights(b, panels) for b in model.spatial_blocks],
-        [_weights(b, panels) for b in model.factorized_blocks],
-        [ops.decode_weight([h.weight], model.norm.weight, panels=panels) for h in model.head],
-    )
-    if cacheable:
-        _DECODE_WEIGHTS[model] = (key, built)
-    return built
-
-
-def release_decode_weights(model: ARTransformer) -> None:
-    """Drop the decode-layout copies of `model`'s weights (`decode_weights`), e.g. to free their memory between
-    generations or after writing the weights through `.data`."""
-    _DECODE_WEIGHTS.pop(model, None)
+def _weights(block: nn.Module) -> _Weights:  # a transformer Block
+    at, ff = block.attention, block.feed_forward
+    params = (block.attention_norm, at.wqkv, at.wo, block.ffn_norm, ff.w1, ff.w3, ff.w2)
+    return _Weights(*(m.weight.detach() for m in params))
 
 
 class DecodeStep(nn.Module):
     """Decode state for `rows` sequences of up to `length` tokens: spatial KV caches, the intra 2-slot cache, RoPE,
-    and the model's weights in decode layouts (`decode_weights`: built once per model and reused until a parameter
-    changes; not trainable).
+    and references to the model's weights (the step reads them where they are: a later change of the weights is
+    seen by the next step).
 
     `pre_logits(x, pos)`: x (R, dim) embedding of position `pos` (0-d int64 tensor; position 0 is the class) ->
     pre logits. `post_logits(pre)`: pre (R,) sampled pre ids of that position -> post logits. Logits are (R, V)
@@ -160,10 +98,10 @@ class DecodeStep(nn.Module):
             raise ValueError(f"DecodeStep: guidance needs [cond; null] rows, an even count; got rows={rows}")
         self.guidance, self.static = guidance, static
         self.dim, self.n_head, self.head_dim, self.eps = c.dim, c.n_head, c.head_dim, c.norm_eps
-        # the 16-column panels where the decode kernel streams them (ops.decode_panels); (in, out) otherwise
-        # built once per model and reused until its parameters change (decode_weights)
-        weights = decode_weights(model, panels=not static and prefers_panels(device, dtype))
-        self.spatial, self.intra, self.heads = weights.spatial, weights.intra, weights.heads
+        self.spatial = [_weights(b) for b in model.spatial_blocks]
+        self.intra = [_weights(b) for b in model.factorized_blocks]
+        self.norm = model.norm.weight.detach()
+        self.heads = [h.weight.detach() for h in model.head]  # (V, dim) each
         self.pre_emb = model.pre_emb.weight.detach()
         shape = (rows, c.n_head, length, c.head_dim)
         two = (rows, c.n_head, 2, c.head_dim)
@@ -179,21 +117,21 @@ class DecodeStep(nn.Module):
             return ops.decode_block(x, *w, cache.k, cache.v, self.rope, pos, self.eps)
         # static: the same shapes and ops at every position (k, v written by index_put_, attention under a mask)
         r, at = x.shape[0], pos.view(1)
-        qkv = (ref.rms(x, self.eps) @ w.wqkv).view(r, 3, self.n_head, self.head_dim)
+        qkv = F.linear(ref.rms(x, w.attention_norm, self.eps), w.wqkv).view(r, 3, self.n_head, self.head_dim)
         qk = ref.rotate(qkv[:, :2], self.rope.index_select(0, at)[0])  # (R, 2, H, D)
         cache.k[:, :, at] = qk[:, 1, :, None]
         cache.v[:, :, at] = qkv[:, 2, :, None]
         mask = (torch.arange(cache.k.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)  # positions written
         att = F.scaled_dot_product_attention(qk[:, 0, :, None], cache.k, cache.v, attn_mask=mask)
-        h = torch.addmm(x, att.reshape(r, self.dim), w.wo)
-        a, b = (ref.rms(h, self.eps) @ w.w13).chunk(2, dim=-1)
-        return torch.addmm(h, F.silu(a) * b, w.w2)
+        h = x + F.linear(att.reshape(r, self.dim), w.wo)
+        hn = ref.rms(h, w.ffn_norm, self.eps)
+        return h + F.linear(F.silu(F.linear(hn, w.w1)) * F.linear(hn, w.w3), w.w2)
 
     def _logits(self, z: torch.Tensor, sub: int) -> torch.Tensor:
         # guided: uncond + s * (cond - uncond) where s > 1; cond alone (lerp weight 1) where not
         s = None if self.guidance is None else (self.guidance[sub] if self.guidance[sub] > 1 else 1.0)
         logits = ref.decode_logits if self.static else ops.decode_logits  # static: tensor ops, for a compiled graph
-        return logits(z, self.heads[sub], self.eps, s)
+        return logits(z, self.norm, self.heads[sub], self.eps, s)
 
     def pre_logits(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x (R, dim) at position `pos` (0-d int64 tensor) through the spatial blocks and intra sub-step 0 ->

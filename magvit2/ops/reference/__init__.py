@@ -3,7 +3,7 @@
 Tests and benchmarks import these to check and measure the compiled backends (C++, CUDA, Triton).
 """
 
-from magvit2.ops.reference.ar_decode import decode_block, decode_logits, weight_in, weight_out
+from magvit2.ops.reference.ar_decode import decode_block, decode_logits
 from magvit2.ops.reference.lfq import (
     binary_entropy_from_logits,
     bit_group_probs,
@@ -38,6 +38,4 @@ __all__ = [
     "sample_tokens",
     "split_bits",
     "uniform",
-    "weight_in",
-    "weight_out",
 ]

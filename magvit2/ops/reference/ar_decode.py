@@ -1,10 +1,10 @@
 """Plain-torch reference of `decode_block` (one pre-norm transformer block for the newest position of R rows) and
 `decode_logits` (the step's head).
 
-Arithmetic as `ARTransformer`'s blocks: RMSNorm in float32 (its weight folded into the next projection by the
-caller), RoPE in float32 on interleaved pairs, attention over the written prefix of the KV cache, SwiGLU. The C++
-kernel runs these same ATen calls for every dtype but float32 (so they agree bit for bit) and its own loops for
-float32 (within float32 rounding).
+Arithmetic as `ARTransformer`'s blocks, on the weights as the block holds them (nn.Linear's (out, in)): RMSNorm in
+float32 then its weight, RoPE in float32 on interleaved pairs, attention over the written prefix of the KV cache,
+SwiGLU. The C++ kernel runs these same ATen calls for every dtype but float32 (so they agree bit for bit) and its
+own loops for float32 (within float32 rounding).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 
-def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without the weight, in float32 (as `RMSNorm.forward`)."""
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as `RMSNorm.forward`: normalised in float32, cast back, times the weight."""
     xf = x.float()
-    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).type_as(x)
+    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).type_as(x) * weight
 
 
 def rotate(x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -29,22 +29,7 @@ def rotate(x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).type_as(x)
 
 
-def dense(w: torch.Tensor) -> torch.Tensor:
-    """A decode weight as (in, out): 16-column panels (out / 16, in, 16) put back side by side."""
-    return w.permute(1, 0, 2).reshape(w.shape[1], -1) if w.dim() == 3 else w
-
-
-def weight_in(w: torch.Tensor) -> int:
-    """in of a decode weight (in, out) or of its panels (out / 16, in, 16); -1 for anything else."""
-    return w.shape[1] if w.dim() == 3 else (w.shape[0] if w.dim() == 2 else -1)
-
-
-def weight_out(w: torch.Tensor) -> int:
-    """out of a decode weight (in, out) or of its panels (out / 16, in, 16); -1 for anything else."""
-    return w.shape[0] * 16 if w.dim() == 3 and w.shape[2] == 16 else (w.shape[1] if w.dim() == 2 else -1)
-
-
-def check_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps) -> int:
+def check_block(x, attention_norm, wqkv, wo, ffn_norm, w1, w3, w2, k_cache, v_cache, rope, pos, eps) -> int:
     """The CPU kernel's argument checks (csrc/common/checks.h), for the devices the reference serves; returns pos."""
 
     def bad(message: str) -> ValueError:
@@ -67,13 +52,14 @@ def check_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps) -> int:
                 f"k_cache and v_cache must be contiguous {x.dtype} tensors, got {c.dtype}"
                 + ("" if c.is_contiguous() else " (not contiguous)")
             )
-    hidden = weight_in(w2)
-    for name, w, size in (("wqkv", wqkv, (dim, 3 * dim)), ("wo", wo, (dim, dim)), ("w13", w13, (dim, 2 * hidden)),
-                          ("w2", w2, (hidden, dim))):  # fmt: skip
-        if (weight_in(w), weight_out(w)) != size or w.dtype != x.dtype:
+    hidden = w1.shape[0] if w1.dim() == 2 else -1
+    for name, w, size in (("attention_norm", attention_norm, (dim,)), ("wqkv", wqkv, (3 * dim, dim)),
+                          ("wo", wo, (dim, dim)), ("ffn_norm", ffn_norm, (dim,)), ("w1", w1, (hidden, dim)),
+                          ("w3", w3, (hidden, dim)), ("w2", w2, (dim, hidden))):  # fmt: skip
+        if tuple(w.shape) != size or w.dtype != x.dtype or (hidden < 1 and len(size) == 2):
             raise bad(
-                f"{name} must be (in, out) = {size} or its panels (out / 16, in, 16) in {x.dtype}, got "
-                f"{tuple(w.shape)} {w.dtype}"
+                f"{name} must be {size} (as the block stores it, w1 and w3 (hidden, dim), w2 (dim, hidden)) in "
+                f"{x.dtype}, got {tuple(w.shape)} {w.dtype}"
             )
     half = kc.shape[3] // 2
     if rope.dim() != 3 or rope.shape[1:] != (half, 2) or rope.dtype != torch.float32:
@@ -93,9 +79,12 @@ def check_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps) -> int:
 
 def decode_block(
     x: torch.Tensor,
+    attention_norm: torch.Tensor,
     wqkv: torch.Tensor,
     wo: torch.Tensor,
-    w13: torch.Tensor,
+    ffn_norm: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
     w2: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -104,31 +93,35 @@ def decode_block(
     eps: float,
 ) -> torch.Tensor:
     """x (R, dim) at cache position `pos` -> (R, dim); writes k, v at `pos` of the (R, H, S, D) caches.
-    Weights (in, out) or their panels: wqkv (dim, 3 dim), wo (dim, dim), w13 (dim, 2 hidden) = [w1 | w3],
-    w2 (hidden, dim)."""
-    n = check_block(x, wqkv, wo, w13, w2, k_cache, v_cache, rope, pos, eps)
+    Weights as the block holds them: RMSNorm weights (dim,), wqkv (3 dim, dim), wo (dim, dim), w1 and w3
+    (hidden, dim), w2 (dim, hidden)."""
+    n = check_block(x, attention_norm, wqkv, wo, ffn_norm, w1, w3, w2, k_cache, v_cache, rope, pos, eps)
     r, dim = x.shape
     heads, head_dim = k_cache.shape[1], k_cache.shape[3]
-    wqkv, wo, w13, w2 = dense(wqkv), dense(wo), dense(w13), dense(w2)
-    qkv = (rms(x, eps) @ wqkv).view(r, 3, heads, head_dim)
+    qkv = F.linear(rms(x, attention_norm, eps), wqkv).view(r, 3, heads, head_dim)
     qk = rotate(qkv[:, :2], rope[n])  # (R, 2, H, D)
     k_cache[:, :, n] = qk[:, 1]
     v_cache[:, :, n] = qkv[:, 2]
     att = F.scaled_dot_product_attention(qk[:, 0, :, None], k_cache[:, :, : n + 1], v_cache[:, :, : n + 1])
-    h = torch.addmm(x, att.reshape(r, dim), wo)  # att: (R, H, 1, D)
-    a, b = (rms(h, eps) @ w13).chunk(2, dim=-1)
-    return torch.addmm(h, F.silu(a) * b, w2)
+    h = x + F.linear(att.reshape(r, dim), wo)  # att: (R, H, 1, D)
+    hn = rms(h, ffn_norm, eps)
+    return h + F.linear(F.silu(F.linear(hn, w1)) * F.linear(hn, w3), w2)
 
 
-def decode_logits(z: torch.Tensor, head: torch.Tensor, eps: float, cfg_scale: float | None) -> torch.Tensor:
-    """z (R, dim) -> logits: RMSNorm, then over [cond; uncond] rows (cfg_scale given) torch.lerp(uncond, cond, s)
-    = uncond + s (cond - uncond), (R / 2, dim), then @ head (dim, V) or its panels."""
+def decode_logits(
+    z: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, eps: float, cfg_scale: float | None
+) -> torch.Tensor:
+    """z (R, dim) -> logits: RMSNorm (weight `norm`), then over [cond; uncond] rows (cfg_scale given)
+    torch.lerp(uncond, cond, s) = uncond + s (cond - uncond), (R / 2, dim), then the head (V, dim) as nn.Linear."""
     if z.dim() != 2 or not z.is_floating_point():
         raise ValueError(f"decode_logits: z must be a floating (rows, dim) tensor, got {z.dtype} {tuple(z.shape)}")
-    if weight_in(head) != z.shape[1] or weight_out(head) < 1 or head.dtype != z.dtype:
+    dim = z.shape[1]
+    if norm.shape != (dim,) or norm.dtype != z.dtype:
+        raise ValueError(f"decode_logits: norm must be ({dim},) in {z.dtype}, got {tuple(norm.shape)} {norm.dtype}")
+    if head.dim() != 2 or head.shape[1] != dim or head.shape[0] < 1 or head.dtype != z.dtype:
         raise ValueError(
-            f"decode_logits: head must be (dim, vocab) with dim = {z.shape[1]}, or its panels (vocab / 16, dim, 16), "
-            f"in {z.dtype}, got {tuple(head.shape)} {head.dtype}"
+            f"decode_logits: head must be (vocab, dim) with dim = {dim} (as nn.Linear stores it) in {z.dtype}, got "
+            f"{tuple(head.shape)} {head.dtype}"
         )
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"decode_logits: eps must be a finite number >= 0, got {eps}")
@@ -137,8 +130,8 @@ def decode_logits(z: torch.Tensor, head: torch.Tensor, eps: float, cfg_scale: fl
             f"decode_logits: with cfg_scale, z must hold [cond; uncond] rows (an even count) and the scale must be "
             f"finite, got {z.shape[0]} rows, cfg_scale {cfg_scale}"
         )
-    zn = rms(z, eps)
+    zn = rms(z, norm, eps)
     if cfg_scale is not None:
         cond, uncond = zn.chunk(2)
         zn = torch.lerp(uncond, cond, cfg_scale)
-    return zn @ dense(head)
+    return F.linear(zn, head)

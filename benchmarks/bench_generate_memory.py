@@ -1,15 +1,13 @@
-"""The decode-layout weights of `generate` (RMSNorm folded in, 16-column panels on a CPU), built once per model and
-reused: time to first token and peak resident memory of a first and a second `generate` call on the same model, in a
-fresh process (memory figures need one: the high-water mark is per process). Full size (MAGVIT2_BENCH_FULL=1): the
-AR-B preset (343.6M parameters, 1,311 MiB), 2 images x 4 tokens with guidance; smoke: a dim-256 model with 4 + 1
-layers.
+"""Memory and time to first token of `generate`, which reads the model's weights where they are (no decode copy):
+peak resident memory above the loaded model and time to the first token of a first and a second call on the same
+model, in a fresh process (memory figures need one: the high-water mark is per process). Full size
+(MAGVIT2_BENCH_FULL=1): the AR-B preset (343.6M parameters, 1,311 MiB), 2 images x 4 tokens with guidance; smoke: a
+dim-256 model with 4 + 1 layers.
 
-    python benchmarks/bench_decode_weights.py B|small      # prints one JSON line
+    python benchmarks/bench_generate_memory.py B|small      # prints one JSON line
 
-Measured (MAGVIT2_BENCH_FULL=1, 2-core AMD EPYC, 1 thread, one run): first call 2.27 s to the first token (building
-the weights) and 1,296 MiB above the model (the weights it keeps, 0.99x the model's), second call 0.108 s (20.9x
-less) and nothing added. Before the cache every call was a first call, with transient copies: 2.76 s / 2.99 s and
-1,599 / 1,799 MiB for the first / second call (the same harness on the previous code).
+What is above the model: the KV caches (2 x layers x rows x heads x tokens x head_dim floats: 0.4 MiB here), the
+step's scratch and activations (a few MiB), torch's allocator slack.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ MIB = 2**20
 def main(size: str) -> dict:
     import torch
 
-    from magvit2.nn.ar.generation import generate, release_decode_weights
+    from magvit2.nn.ar.generation import generate
     from magvit2.nn.ar.transformer import ARConfig, ARTransformer
 
     torch.set_num_threads(1)
@@ -51,13 +49,12 @@ def main(size: str) -> dict:
         out = generate(model, classes, num_tokens=tokens, **settings)
         return out, time.perf_counter() - start, (status_kib("VmHWM") - base) / 1024
 
+    _, ttft_first, _ = call(1)  # one token position
+    _, ttft_second, _ = call(1)
     first, _, peak_first = call(4)
-    held = (status_kib("VmRSS") - base) / 1024  # between calls: the decode-layout weights
+    held = (status_kib("VmRSS") - base) / 1024  # kept between calls
     second, _, peak_second = call(4)
     assert torch.equal(first.pre, second.pre) and torch.equal(first.post, second.post)
-    release_decode_weights(model)
-    _, ttft_first, _ = call(1)  # one token position: building the weights + one step
-    _, ttft_second, _ = call(1)
     return dict(
         size=size,
         weight_mib=weight_mib,
@@ -75,17 +72,14 @@ def run(size: str) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
-def test_decode_weights_first_vs_second_call(ratio):
+def test_generate_memory_and_first_token(ratio):
     from conftest import FULL
 
     r = run("B" if FULL else "small")
     name = f"generate 2 img x 4 tok, AR-{r['size']}, 1 thr"
-    # the second call builds nothing: at most its KV caches and scratch above what the first left held
-    assert r["peak_second_mib"] - r["held_mib"] < 0.1 * r["weight_mib"], r
-    assert r["held_mib"] < 1.5 * r["weight_mib"], r
     ratio(name, "time to first token: first / second call", r["ttft_first_s"] / r["ttft_second_s"], ">= 1")
     ratio(name, "peak above model, first call / weights", r["peak_first_mib"] / r["weight_mib"], "<= 0.25 (issue)")
-    ratio(name, "peak above model, second call / weights", r["peak_second_mib"] / r["weight_mib"], "")
+    ratio(name, "peak above model, second call / weights", r["peak_second_mib"] / r["weight_mib"], "<= 0.25 (issue)")
     for key in ("weight_mib", "peak_first_mib", "peak_second_mib", "held_mib", "ttft_first_s", "ttft_second_s"):
         ratio(name, f"{key} (context)", r[key])
 
