@@ -51,6 +51,7 @@ def main(size: str) -> dict:
 
     _, ttft_first, _ = call(1)  # one token position
     _, ttft_second, _ = call(1)
+    later = sorted([ttft_second] + [call(1)[1] for _ in range(4)])  # calls 2-6: the same work as the first
     first, _, peak_first = call(4)
     held = (status_kib("VmRSS") - base) / 1024  # kept between calls
     second, _, peak_second = call(4)
@@ -63,6 +64,7 @@ def main(size: str) -> dict:
         held_mib=held,
         ttft_first_s=ttft_first,
         ttft_second_s=ttft_second,
+        ttft_later_median_s=later[2],
     )
 
 
@@ -78,9 +80,12 @@ def test_generate_memory_and_first_token(ratio):
     r = run("B" if FULL else "small")
     name = f"generate 2 img x 4 tok, AR-{r['size']}, 1 thr"
     ratio(name, "time to first token: first / second call", r["ttft_first_s"] / r["ttft_second_s"], ">= 1")
+    later = r["ttft_later_median_s"]
+    ratio(name, "time to first token: first / median of calls 2-6", r["ttft_first_s"] / later, ">= 1")
     ratio(name, "peak above model, first call / weights", r["peak_first_mib"] / r["weight_mib"], "<= 0.25 (issue)")
     ratio(name, "peak above model, second call / weights", r["peak_second_mib"] / r["weight_mib"], "<= 0.25 (issue)")
-    for key in ("weight_mib", "peak_first_mib", "peak_second_mib", "held_mib", "ttft_first_s", "ttft_second_s"):
+    keys = ("weight_mib", "peak_first_mib", "peak_second_mib", "held_mib", "ttft_first_s", "ttft_second_s")
+    for key in keys + ("ttft_later_median_s",):
         ratio(name, f"{key} (context)", r[key])
 
 
