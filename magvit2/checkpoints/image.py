@@ -1,4 +1,5 @@
-"""Official Open-MAGVIT2 tokenizer checkpoints (and our training checkpoints, which share their layout) -> `Tokenizer`.
+"""Official Open-MAGVIT2 tokenizer checkpoints (and our training checkpoints, which share their layout) -> `Tokenizer`,
+or `VideoTokenizer` for the video model's (its convolutions are 5-D, under `.conv_1` names: `encoder.conv_in.conv_1.*`).
 
 Official Lightning `.ckpt` (reference/open-magvit2.md §2.5): `ckpt["state_dict"]` holds the raw `encoder.*` /
 `decoder.*` weights, the EMA copies as `model_ema.<name without dots>` (e.g. `model_ema.encoderconv_inweight`), and
@@ -10,6 +11,7 @@ Files are read with the weights-only loader of magvit2/nn/weights.py (pickled co
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, NamedTuple
@@ -17,12 +19,19 @@ from typing import Any, NamedTuple
 import torch
 
 from magvit2.nn.image.tokenizer import CONFIG_NAME, PRESETS, Tokenizer, TokenizerConfig
+from magvit2.nn.video.tokenizer import VIDEO_FORMAT_NAME, VIDEO_PRESETS, VideoTokenizer, VideoTokenizerConfig
 from magvit2.nn.weights import CheckpointError, build_module, listing, load_safetensors, safe_torch_load
 
 AR_PREFIX = "first_stage_model."
 EMA_PREFIX = "model_ema."
 EMA_META = {"model_ema.decay", "model_ema.num_updates"}
 AR_FACTORIZED_BITS = (6, 12)  # the AR configs' token_factorization split
+VIDEO_KEY = "encoder.conv_in.conv_1.weight"  # only the video model's convolutions sit under `.conv_1`
+
+
+def tokenizer_class(config: TokenizerConfig) -> type[Tokenizer]:
+    """The module a config builds: VideoTokenizer for a VideoTokenizerConfig, else the image Tokenizer."""
+    return VideoTokenizer if isinstance(config, VideoTokenizerConfig) else Tokenizer
 
 
 class LoadedState(NamedTuple):
@@ -79,9 +88,9 @@ def map_official_state_dict(sd: dict[str, Any], *, use_ema: bool = True) -> Load
 
 def _names_from_presets(ema: dict[str, Any]) -> list[str]:
     """Tokenizer key names for an EMA-only file: the preset whose flattened names are all present."""
-    for config in PRESETS.values():
+    for config in [*PRESETS.values(), *VIDEO_PRESETS.values()]:
         with torch.device("meta"):
-            names = list(Tokenizer(config).state_dict())
+            names = list(tokenizer_class(config)(config).state_dict())
         if all(n.replace(".", "") in ema for n in names):
             return names
     return []
@@ -98,7 +107,11 @@ def check_tensors(sd: dict[str, Any], keys: list[str], what: str) -> None:
 
 
 def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> TokenizerConfig:
-    """Architecture from the weight shapes (conv_in, level/block counts, conv_out); keyword overrides win."""
+    """Architecture from the weight shapes (conv_in, level/block counts, conv_out); keyword overrides win. Video
+    weights (5-D convolutions under `.conv_1` names) give a VideoTokenizerConfig."""
+    video = VIDEO_KEY in sd
+    if video:  # the same shape rules over the names without the `.conv_1` level
+        sd = {k.replace(".conv_1.", "."): v for k, v in sd.items()}
     need = ["encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_out.weight"]
     check_tensors(sd, need, "the architecture")
     ch, in_channels = sd["encoder.conv_in.weight"].shape[:2]
@@ -119,7 +132,7 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> TokenizerConf
     config["codebook_size"] = 2 ** config["z_channels"]
     config.update(overrides)
     try:
-        return TokenizerConfig(**config)
+        return (VideoTokenizerConfig if video else TokenizerConfig)(**config)
     except ValueError as e:
         raise CheckpointError(f"inferred an invalid architecture {config}: {e}") from None
 
@@ -213,7 +226,14 @@ def _sibling_config(path: str) -> str:
 def load_pretrained_dir(
     directory: str | os.PathLike, *, device: str | torch.device = "cpu", allow_nonfinite: bool = False
 ) -> Tokenizer:
-    return Tokenizer.from_pretrained(directory, device=device, allow_nonfinite=allow_nonfinite)
+    """A `save_pretrained` directory: a VideoTokenizer when its config.json says so, else an image Tokenizer."""
+    try:
+        with open(os.path.join(directory, CONFIG_NAME), encoding="utf-8") as f:
+            video = json.load(f).get("format") == VIDEO_FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        video = False  # from_pretrained names the problem
+    cls = VideoTokenizer if video else Tokenizer
+    return cls.from_pretrained(directory, device=device, allow_nonfinite=allow_nonfinite)
 
 
 def build_from_state(
@@ -224,7 +244,7 @@ def build_from_state(
     *,
     allow_nonfinite: bool = False,
 ) -> Tokenizer:
-    """A Tokenizer holding `sd` (as float32 copies on `device`); built on the meta device, so no random init."""
-    return build_module(
-        lambda: Tokenizer(config), sd, origin, device, what="the tokenizer", allow_nonfinite=allow_nonfinite
-    )
+    """A Tokenizer (VideoTokenizer for a video config) holding `sd` (as float32 copies on `device`); built on the meta
+    device, so no random init."""
+    cls = tokenizer_class(config)
+    return build_module(lambda: cls(config), sd, origin, device, what="the tokenizer", allow_nonfinite=allow_nonfinite)

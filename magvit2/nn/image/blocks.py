@@ -12,6 +12,7 @@ Conventions pinned by tests/nn/image/test_blocks.py (official `improved_model.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -28,20 +29,27 @@ def group_norm(channels: int, *, affine: bool = True) -> nn.GroupNorm:
     return nn.GroupNorm(NUM_GROUPS, channels, eps=NORM_EPS, affine=affine)
 
 
+# A convolution factory: (in_channels, out_channels, kernel_size, bias) -> a module keeping the spatial size.
+ConvFactory = Callable[[int, int, int, bool], nn.Module]
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Conv2d:
+    """A same-size 2D convolution (half padding), as the image model's ResBlocks use."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+
 class ResBlock(nn.Module):
     """norm1 -> swish -> conv1 -> norm2 -> swish -> conv2, plus the (1x1-projected) input. Shapes (B, C_in, H, W) ->
-    (B, C_out, H, W). Keys: norm1, conv1, norm2, conv2, and nin_shortcut when C_in != C_out."""
+    (B, C_out, H, W) (the video model passes causal 3D convolutions as `conv`: (B, C, T, H, W)). Keys: norm1, conv1,
+    norm2, conv2, and nin_shortcut when C_in != C_out."""
 
-    def __init__(self, *, in_channels: int, out_channels: int) -> None:
+    def __init__(self, *, in_channels: int, out_channels: int, conv: ConvFactory = conv2d) -> None:
         super().__init__()
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv1 = conv(in_channels, out_channels, 3, False)
         self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        else:
-            self.nin_shortcut = None
+        self.conv2 = conv(out_channels, out_channels, 3, False)
+        self.nin_shortcut = conv(in_channels, out_channels, 1, False) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # silu(x) = x * sigmoid(x), the official swish, in one kernel
@@ -92,8 +100,8 @@ class StyleStats(NamedTuple):
 
 
 def style_stats(style: torch.Tensor, eps: float = NORM_EPS) -> StyleStats:
-    """(B, Z, h, w) -> StyleStats. The variance is unbiased (divides by h*w - 1) as in the official code, so a 1 x 1
-    grid gives NaN; the decoder rejects such grids before calling this."""
+    """(B, Z, h, w) (or (B, Z, t, h, w)) -> StyleStats. The variance is unbiased (divides by the token count - 1) as
+    in the official code, so a single token gives NaN; the decoders reject such grids before calling this."""
     flat = style.flatten(2)  # (B, Z, h*w)
     return StyleStats(std=(flat.var(dim=-1) + eps).sqrt(), mean=flat.mean(dim=-1))
 
@@ -109,9 +117,11 @@ class AdaptiveGroupNorm(nn.Module):
         self.beta = nn.Linear(z_channels, channels)
 
     def modulate(self, x: torch.Tensor, stats: StyleStats) -> torch.Tensor:
-        """x (B, C, H, W) with precomputed style statistics (the decoder computes them once for all levels)."""
-        scale = self.gamma(stats.std)[:, :, None, None]  # (B, C, 1, 1)
-        bias = self.beta(stats.mean)[:, :, None, None]
+        """x (B, C, H, W) (or (B, C, T, H, W)) with precomputed style statistics (the decoder computes them once for
+        all levels)."""
+        ones = (1,) * (x.dim() - 2)
+        scale = self.gamma(stats.std).view(*stats.std.shape[:1], -1, *ones)  # (B, C, 1, 1)
+        bias = self.beta(stats.mean).view(*stats.mean.shape[:1], -1, *ones)
         return torch.addcmul(bias, scale, self.gn(x))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

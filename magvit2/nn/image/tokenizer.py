@@ -67,27 +67,28 @@ class TokenizerConfig:
         check_config_ints(self, ARCH_BOUNDS)
         check_config_floats(self, FLOAT_FIELDS)
         if not isinstance(self.ch_mult, (list, tuple)) or not all(isinstance(m, int) for m in self.ch_mult):
-            raise ValueError(f"TokenizerConfig.ch_mult must be a list of ints, got {self.ch_mult!r}")
+            raise ValueError(f"{type(self).__name__}.ch_mult must be a list of ints, got {self.ch_mult!r}")
         self.ch_mult = tuple(self.ch_mult)
         if self.factorized_bits is not None:
             self.factorized_bits = tuple(int(b) for b in self.factorized_bits)
         if not 1 <= len(self.ch_mult) <= 8 or min(self.ch_mult) < 1 or self.ch * max(self.ch_mult) > MAX_WIDTH:
             raise ValueError(
-                f"TokenizerConfig.ch_mult must be 1 to 8 positive ints with ch * ch_mult[i] <= {MAX_WIDTH}, "
+                f"{type(self).__name__}.ch_mult must be 1 to 8 positive ints with ch * ch_mult[i] <= {MAX_WIDTH}, "
                 f"got {self.ch_mult}"
             )
         bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % 32} | ({self.ch} if self.ch % 32 else set()))
         if bad:
             raise ValueError(
-                f"TokenizerConfig: every width ch * ch_mult[i] must be divisible by 32 (GroupNorm), got {bad}"
+                f"{type(self).__name__}: every width ch * ch_mult[i] must be divisible by 32 (GroupNorm), got {bad}"
             )
         if self.num_res_blocks < 1:
-            raise ValueError(f"TokenizerConfig: num_res_blocks must be >= 1, got {self.num_res_blocks}")
+            raise ValueError(f"{type(self).__name__}: num_res_blocks must be >= 1, got {self.num_res_blocks}")
         if self.double_z:
-            raise ValueError("TokenizerConfig: double_z=True is not supported (LFQ latents are not Gaussian)")
+            raise ValueError(f"{type(self).__name__}: double_z=True is not supported (LFQ latents are not Gaussian)")
         if 2**self.z_channels != self.codebook_size:
             raise ValueError(
-                f"TokenizerConfig: codebook_size ({self.codebook_size}) must equal 2^z_channels = {2**self.z_channels}"
+                f"{type(self).__name__}: codebook_size ({self.codebook_size}) must equal 2^z_channels = "
+                f"{2**self.z_channels}"
             )
 
     @property
@@ -105,16 +106,20 @@ class TokenizerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"TokenizerConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
         return cls(**d)
 
     @classmethod
+    def presets(cls) -> dict[str, TokenizerConfig]:
+        return PRESETS
+
+    @classmethod
     def from_section(cls, section: dict[str, Any]) -> TokenizerConfig:
-        """A run config's `model` section: an optional "preset" (a PRESETS name) plus field overrides; YAML lists of
-        the tuple fields become tuples."""
+        """A run config's `model` section: an optional "preset" (a presets() name) plus field overrides; YAML lists
+        of the tuple fields become tuples."""
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
         preset = fields.pop("preset", None)
-        return dataclasses.replace(PRESETS[preset] if preset else cls(), **fields)
+        return dataclasses.replace(cls.presets()[preset] if preset else cls(), **fields)
 
 
 PRESETS: dict[str, TokenizerConfig] = {
@@ -147,12 +152,24 @@ class Tokenizer(nn.Module):
         (torch.Size([2, 8, 8]), torch.Size([2, 3, 32, 32]))
     """
 
+    # What a subclass for another medium replaces (magvit2.nn.video.VideoTokenizer): its config class, the
+    # encoder/decoder classes, the input's dimensions after (B, C), what the inputs are called in messages, and the
+    # name of our directory format.
+    config_class: type[TokenizerConfig] = TokenizerConfig
+    encoder_class: type[nn.Module] = Encoder
+    decoder_class: type[nn.Module] = Decoder
+    grid_dims: tuple[str, ...] = ("H", "W")
+    inputs_name = "images"
+    format_name = FORMAT_NAME
+
     def __init__(self, config: TokenizerConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or TokenizerConfig()
+        self.config = config = config or self.config_class()
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__}: config must be a {self.config_class.__name__}, got {config!r}")
         arch = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks)
-        self.encoder = Encoder(**arch, z_channels=config.z_channels, in_channels=config.in_channels)
-        self.decoder = Decoder(**arch, z_channels=config.z_channels, out_ch=config.out_ch)
+        self.encoder = self.encoder_class(**arch, z_channels=config.z_channels, in_channels=config.in_channels)
+        self.decoder = self.decoder_class(**arch, z_channels=config.z_channels, out_ch=config.out_ch)
         self.quantizer = LFQ(
             dim=config.z_channels,
             codebook_size=config.codebook_size,
@@ -171,9 +188,10 @@ class Tokenizer(nn.Module):
     def from_preset(cls, name: str, **overrides: Any) -> Tokenizer:
         """ "open-magvit2-256-L", "open-magvit2-128-L" or "tiny"; keyword overrides replace config fields
         (e.g. `factorized_bits=(6, 12)` for the AR models' token split). Weights are randomly initialised."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(dataclasses.replace(PRESETS[name], **overrides))
+        presets = cls.config_class.presets()
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+        return cls(dataclasses.replace(presets[name], **overrides))
 
     @property
     def downsample_factor(self) -> int:
@@ -181,39 +199,46 @@ class Tokenizer(nn.Module):
 
     # --- checks -----------------------------------------------------------------------------------------------------
 
-    def _check_images(self, x: torch.Tensor) -> None:
-        c, f = self.config.in_channels, self.downsample_factor
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(f"Tokenizer: expected float images (B, {c}, H, W), got {_describe(x)}")
-        if x.shape[1] != c:
-            raise ValueError(f"Tokenizer: expected {c} input channels (B, {c}, H, W), got shape {tuple(x.shape)}")
+    def _check_grid(self, x: torch.Tensor) -> None:
+        """The spatial sizes: positive multiples of the downsampling factor (a subclass adds its own dimensions)."""
+        f = self.downsample_factor
         h, w = x.shape[-2:]
         if h % f or w % f or h == 0 or w == 0:
             raise ValueError(
-                f"Tokenizer: image size {h}x{w} is not a positive multiple of the downsampling factor {f} "
-                f"(crop or resize to e.g. {max(f, h // f * f)}x{max(f, w // f * f)})"
+                f"{type(self).__name__}: {self.inputs_name[:-1]} size {h}x{w} is not a positive multiple of the "
+                f"downsampling factor {f} (crop or resize to e.g. {max(f, h // f * f)}x{max(f, w // f * f)})"
             )
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        c, name, dims = self.config.in_channels, type(self).__name__, ", ".join(self.grid_dims)
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 + len(self.grid_dims) or not x.is_floating_point():
+            raise ValueError(f"{name}: expected float {self.inputs_name} (B, {c}, {dims}), got {_describe(x)}")
+        if x.shape[1] != c:
+            raise ValueError(f"{name}: expected {c} input channels (B, {c}, {dims}), got shape {tuple(x.shape)}")
+        self._check_grid(x)
         if not check_values(x):  # value checks: on CPU, or with the debug switch (a host sync on a GPU)
             return
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError("Tokenizer: input images contain NaN or infinite values")
+            raise ValueError(f"{name}: input {self.inputs_name} contain NaN or infinite values")
         if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
             warnings.warn(
-                f"Tokenizer: input values span [{lo:.4g}, {hi:.4g}], outside the expected [-1, 1] "
-                "(images scaled as pixel / 127.5 - 1); reconstructions will be poor",
+                f"{name}: input values span [{lo:.4g}, {hi:.4g}], outside the expected [-1, 1] "
+                f"({self.inputs_name} scaled as pixel / 127.5 - 1); reconstructions will be poor",
                 stacklevel=3,
             )
 
     def _check_latents(self, q: torch.Tensor) -> None:
-        z = self.config.z_channels
-        if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.is_floating_point():
-            raise ValueError(f"Tokenizer.decode: expected float latents (B, {z}, h, w), got {_describe(q)}")
+        z, name = self.config.z_channels, type(self).__name__
+        dims = ", ".join(d.lower() for d in self.grid_dims)
+        if not isinstance(q, torch.Tensor) or q.dim() != 2 + len(self.grid_dims) or not q.is_floating_point():
+            raise ValueError(f"{name}.decode: expected float latents (B, {z}, {dims}), got {_describe(q)}")
         if q.shape[1] != z:
-            raise ValueError(f"Tokenizer.decode: expected {z} latent channels (B, {z}, h, w), got {tuple(q.shape)}")
-        if q.shape[-1] * q.shape[-2] < 2:
+            raise ValueError(f"{name}.decode: expected {z} latent channels (B, {z}, {dims}), got {tuple(q.shape)}")
+        if q[0, 0].numel() < 2:
+            grid = "x".join(str(n) for n in q.shape[2:])
             raise ValueError(
-                f"Tokenizer.decode: a token grid of {q.shape[-2]}x{q.shape[-1]} is too small: the decoder's adaptive "
+                f"{name}.decode: a token grid of {grid} is too small: the decoder's adaptive "
                 "norm takes the unbiased variance over the grid, which needs at least 2 tokens"
             )
 
@@ -232,8 +257,11 @@ class Tokenizer(nn.Module):
     def decode_indices(self, indices: Indices) -> torch.Tensor:
         """(B, h, w) int indices (a tuple of group indices when factorized) -> (B, 3, f*h, f*w)."""
         groups = indices if isinstance(indices, (tuple, list)) else (indices,)
-        if any(not isinstance(g, torch.Tensor) or g.dim() != 3 for g in groups):
-            raise ValueError(f"Tokenizer.decode_indices: expected (B, h, w) index tensors, got {_describe(indices)}")
+        if any(not isinstance(g, torch.Tensor) or g.dim() != 1 + len(self.grid_dims) for g in groups):
+            dims = ", ".join(d.lower() for d in self.grid_dims)
+            raise ValueError(
+                f"{type(self).__name__}.decode_indices: expected (B, {dims}) index tensors, got {_describe(indices)}"
+            )
         dtype = self.decoder.conv_in.weight.dtype
         return self.decode(self.quantizer.indices_to_codes(indices, dtype=dtype))
 
@@ -247,7 +275,7 @@ class Tokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `config.json` and `model.safetensors` (float tensors as they are; contiguous copies)."""
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **self.config.to_dict()}
+        meta = {"format": self.format_name, "format_version": FORMAT_VERSION, **self.config.to_dict()}
         write_format_dir(directory, CONFIG_NAME, WEIGHTS_NAME, meta, self)
 
     @classmethod
@@ -259,10 +287,10 @@ class Tokenizer(nn.Module):
         directory = os.fspath(directory)
         path = os.path.join(directory, CONFIG_NAME)
         meta = read_format_json(
-            path, FORMAT_NAME, FORMAT_VERSION, f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            path, cls.format_name, FORMAT_VERSION, f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
         try:
-            config = TokenizerConfig.from_dict(meta)
+            config = cls.config_class.from_dict(meta)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: {e}") from None
         weights = os.path.join(directory, WEIGHTS_NAME)
