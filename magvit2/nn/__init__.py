@@ -9,7 +9,7 @@ from magvit2.nn.image import PRESETS, PatchDiscriminator, Tokenizer, TokenizerCo
 from magvit2.nn.losses import LeCAM, LossConfig, TokenizerLoss
 from magvit2.nn.lpips import LPIPS
 from magvit2.nn.quantizer import LFQ, LFQOutput
-from magvit2.nn.video import VIDEO_PRESETS, VideoTokenizer, VideoTokenizerConfig
+from magvit2.nn.video import VIDEO_PRESETS, PatchDiscriminator3D, VideoTokenizer, VideoTokenizerConfig
 from magvit2.nn.weights import CheckpointError, safe_torch_load
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "LossConfig",
     "PRESETS",
     "PatchDiscriminator",
+    "PatchDiscriminator3D",
     "Tokenizer",
     "TokenizerConfig",
     "TokenizerEncoding",

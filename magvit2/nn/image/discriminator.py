@@ -15,6 +15,25 @@ import torch
 from torch import nn
 
 
+def official_init(module: nn.Module) -> None:
+    """The official `weights_init` over a discriminator: conv weights N(0, 0.02) (biases zeroed), BatchNorm weights
+    N(1, 0.02) and biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def check_discriminator_args(name: str, **values: int) -> None:
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
+
+
 class PatchDiscriminator(nn.Module):
     """pix2pix PatchGAN with BatchNorm. Input (B, input_nc, H, W) in [-1, 1] -> logits (B, 1, h, w).
 
@@ -26,9 +45,7 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, *, input_nc: int = 3, ndf: int = 64, n_layers: int = 3) -> None:
         super().__init__()
-        for name, value in (("input_nc", input_nc), ("ndf", ndf), ("n_layers", n_layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PatchDiscriminator: {name} must be a positive int, got {value!r}")
+        check_discriminator_args("PatchDiscriminator", input_nc=input_nc, ndf=ndf, n_layers=n_layers)
         layers: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):  # the last of these keeps stride 1 (pix2pix)
@@ -45,14 +62,7 @@ class PatchDiscriminator(nn.Module):
 
     def reset_parameters(self) -> None:
         """The official `weights_init`: conv N(0, 0.02), BatchNorm weight N(1, 0.02) and bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        official_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.main[0].in_channels:

@@ -45,8 +45,8 @@ class VideoDecoder(nn.Module):
     computed once per call (unbiased variance, as the official).
 
     Example:
-        >>> dec = VideoDecoder(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=18)
-        >>> dec(torch.randn(1, 18, 3, 8, 8).sign()).shape
+        >>> dec = VideoDecoder(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=18)
+        >>> dec(torch.randn(1, 18, 3, 4, 4).sign()).shape
         torch.Size([1, 3, 5, 16, 16])
     """
 

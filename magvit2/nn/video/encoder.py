@@ -47,9 +47,9 @@ class VideoEncoder(nn.Module):
     """conv_in (3x3x3, no bias) -> levels -> mid ResBlocks -> GN -> swish -> conv_out 1x1x1 (with bias).
 
     Example:
-        >>> enc = VideoEncoder(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=18)
+        >>> enc = VideoEncoder(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=18)
         >>> enc(torch.randn(1, 3, 5, 16, 16)).shape
-        torch.Size([1, 18, 3, 8, 8])
+        torch.Size([1, 18, 3, 4, 4])
     """
 
     def __init__(

@@ -280,3 +280,22 @@ def test_presets_and_our_format(tmp_path):
     )
     with pytest.raises(Exception, match="not a magvit2-tokenizer config"):
         Tokenizer.from_pretrained(tmp_path / "video")
+
+
+def test_3d_discriminator_layout_and_patch_map():
+    from magvit2.nn import PatchDiscriminator3D
+
+    with torch.device("meta"):
+        d = PatchDiscriminator3D()
+    assert sum(p.numel() for p in d.parameters()) == 4_665_729  # the official NLayerDiscriminator3D(3, 64, 3)
+    shapes = {k: tuple(v.shape) for k, v in d.state_dict().items()}
+    assert shapes["main.0.weight"] == (64, 3, 3, 3, 3) and shapes["main.0.bias"] == (64,)
+    assert shapes["main.5.weight"] == (256, 128, 3, 3, 3) and "main.5.bias" not in shapes
+    assert shapes["main.9.running_mean"] == (512,) and shapes["main.11.weight"] == (1, 512, 3, 3, 3)
+    assert [m.stride for m in d.main if isinstance(m, torch.nn.Conv3d)] == [
+        (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1)]  # fmt: skip
+    assert d(torch.empty(2, 3, 17, 128, 128, device="meta")).shape == (2, 1, 5, 16, 16)
+    with pytest.raises(ValueError, match=r"PatchDiscriminator3D: x must be \(B, 3, T, H, W\)"):
+        PatchDiscriminator3D()(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="PatchDiscriminator3D: ndf must be a positive int"):
+        PatchDiscriminator3D(ndf=0)
