@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from magvit2.cli.args import MODEL_HELP, add_threads, bits
+from magvit2.cli.args import MODEL_HELP, add_threads, bits, positive_int
 
 
 def info(args: argparse.Namespace) -> int:
@@ -67,14 +67,23 @@ def reconstruct(args: argparse.Namespace) -> int:
     model = _load_model(args)
     with using_threads(args.threads, model):
         results = reconstruct_files(
-            model, args.images, args.out, size=args.size, device=args.device, progress=not args.no_progress
+            model,
+            args.images,
+            args.out,
+            size=args.size,
+            frames=args.frames,
+            device=args.device,
+            progress=not args.no_progress,
         )
     width = max(len(r.source) for r in results)
     for r in results:
-        print(f"{r.source:<{width}}  {r.height}x{r.width}  tokens {r.grid[0]}x{r.grid[1]}  PSNR {r.psnr:.2f} dB")
+        frames = f"{r.frames} frames " if hasattr(r, "frames") else ""
+        grid = "x".join(map(str, r.grid))
+        print(f"{r.source:<{width}}  {frames}{r.height}x{r.width}  tokens {grid}  PSNR {r.psnr:.2f} dB")
     finite = [r.psnr for r in results if math.isfinite(r.psnr)]
+    kind = "video(s)" if results and hasattr(results[0], "frames") else "image(s)"
     if finite:
-        print(f"mean PSNR {sum(finite) / len(finite):.2f} dB over {len(finite)} image(s); images in {args.out}")
+        print(f"mean PSNR {sum(finite) / len(finite):.2f} dB over {len(finite)} {kind}; outputs in {args.out}")
     return 0
 
 
@@ -131,10 +140,27 @@ def add_commands(commands) -> None:
     exp.add_argument("--block-size", type=int, help="AR checkpoints: tokens per image (default 256)")
     exp.set_defaults(func=export)
 
-    rec = commands.add_parser("reconstruct", help="encode + decode images; side-by-side PNGs and per-image PSNR")
+    rec = commands.add_parser(
+        "reconstruct", help="encode + decode images or videos; side-by-side PNGs (GIFs + frame strips) and PSNR"
+    )
     rec.add_argument("--model", required=True, help=MODEL_HELP)
-    rec.add_argument("images", nargs="+", help="image files, or folders (searched recursively)")
-    rec.add_argument("--out", required=True, help="new output folder for <name>.png (original | reconstruction)")
+    rec.add_argument(
+        "images",
+        nargs="+",
+        help="image files, or folders (searched recursively); with a video tokenizer: video files, frame folders, "
+        "or folders of them",
+    )
+    rec.add_argument(
+        "--out",
+        required=True,
+        help="new output folder for <name>.png (original | reconstruction); videos: <name>.gif and <name>_strip.png",
+    )
+    rec.add_argument(
+        "--frames",
+        type=positive_int,
+        default=17,
+        help="video tokenizer: at most this many frames from the start of each video (default 17)",
+    )
     rec.add_argument(
         "--size",
         type=int,

@@ -54,7 +54,9 @@ def _av():
     return av
 
 
-def _is_frame_folder(path: Path) -> bool:
+def is_frame_folder(path: str | os.PathLike) -> bool:
+    """A directory of files only, at least one an image: one video, its frames in name order."""
+    path = Path(path)
     entries = list(path.iterdir())
     return bool(entries) and all(e.is_file() for e in entries) and any(_is_image(e) for e in entries)
 
@@ -75,7 +77,7 @@ def list_videos(folder: str | os.PathLike) -> list[Path]:
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        if here != root and not dirnames and _is_frame_folder(here):
+        if here != root and not dirnames and is_frame_folder(here):
             found.append(here)
             continue
         found += [here / f for f in filenames if Path(f).suffix.lower() in VIDEO_EXTENSIONS]

@@ -148,3 +148,28 @@ def test_write_video_is_atomic_and_checks_its_input(tmp_path):
     with pytest.raises(ValueError, match=r"must end in one of \.gif, \.mp4, \.webm"):
         write_video(tmp_path / "y.avi", frames)
     assert clip_tensor(frames).shape == (3, 3, 16, 16)
+
+
+def test_magvit2_reconstruct_videos(videos, tmp_path, capsys):
+    """`magvit2 reconstruct` with a video tokenizer: real video files and a frame folder -> GIF + strip + PSNR."""
+    from magvit2 import VideoTokenizer
+    from magvit2.cli import main
+
+    root, _ = videos
+    torch.manual_seed(0)
+    VideoTokenizer.from_preset("tiny").save_pretrained(tmp_path / "model")
+    args = ["reconstruct", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"), "--size", "16"]
+    assert main(args + ["--frames", "6", str(root / "Astronaut/a.mp4"), str(root / "Coffee/d_frames")]) == 0
+    out = capsys.readouterr().out
+    assert "a.mp4  5 frames 16x16  tokens 3x4x4  PSNR" in out and "d_frames  5 frames 16x16" in out
+    assert "over 2 video(s)" in out
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["a.gif", "a_strip.png", "d_frames.gif", "d_frames_strip.png"]
+    gif = read_frames(tmp_path / "out" / "a.gif", 0, 5)
+    assert gif.shape == (5, 16, 32, 3)  # original | reconstruction
+    strip = np.asarray(Image.open(tmp_path / "out" / "a_strip.png"))
+    assert strip.shape == (32, 80, 3)  # 2 rows of 5 frames of 16 x 16
+    with pytest.raises(SystemExit) as exit_:
+        main(["reconstruct", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "o2"), "--frames", "0",
+              str(root)])  # fmt: skip
+    assert exit_.value.code == 2 and "--frames: expected a positive integer, got '0'" in capsys.readouterr().err
