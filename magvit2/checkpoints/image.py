@@ -169,8 +169,10 @@ def stored_model_config(raw: object, kind: str, config_cls: type) -> Any:
 
 
 def stored_tokenizer_config(raw: object) -> TokenizerConfig | None:
-    """The tokenizer config (architecture and LFQ settings) of a `magvit2 train tokenizer` checkpoint, else None."""
-    return stored_model_config(raw, "tokenizer", TokenizerConfig)
+    """The tokenizer config (architecture and LFQ settings) of a `magvit2 train tokenizer` or `magvit2 train
+    video-tokenizer` checkpoint, else None."""
+    stored = stored_model_config(raw, "tokenizer", TokenizerConfig)
+    return stored if stored is not None else stored_model_config(raw, "video-tokenizer", VideoTokenizerConfig)
 
 
 def load_checkpoint(

@@ -1,4 +1,4 @@
-"""`magvit2 train tokenizer | ar`: the trainers on Lightning (single device, DDP, multi-node)."""
+"""`magvit2 train tokenizer | video-tokenizer | ar`: the trainers on Lightning (single device, DDP, multi-node)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _interruptible(fit, *args, **kwargs):
 def train_tokenizer(args: argparse.Namespace) -> int:
     from magvit2.train.tokenizer import fit_tokenizer, load_config
 
-    config = load_config(args.config, _run_overrides(args, "data.train"))
+    config = load_config(args.config, _run_overrides(args, "data.train"), kind=args.kind)
     done = _interruptible(fit_tokenizer, config, args.out, resume=args.resume, progress=not args.no_progress)
     if isinstance(done, int):
         return done
@@ -102,7 +102,18 @@ def add_commands(commands) -> None:
     tok.add_argument("--data", help="image folder: ImageNet layout (train/ and val/) or a plain folder")
     tok.add_argument("--out", default="runs/tokenizer", help="run folder (checkpoints/, logs/, images/)")
     _add_run_flags(tok, precision="(the LFQ stays fp32)", steps="training steps (one G and one D update each)")
-    tok.set_defaults(func=train_tokenizer)
+    tok.set_defaults(func=train_tokenizer, kind="tokenizer")
+
+    vid = what.add_parser(
+        "video-tokenizer", help="video tokenizer: the tokenizer trainer on clips, 3D discriminator, cosine schedule"
+    )
+    vid.add_argument("--config", required=True, help="YAML file or preset: open-magvit2-video-128-L, tiny")
+    vid.add_argument(
+        "--data", help="folder of videos (mp4, webm, avi, gif, ...) or frame folders: UCF-101 layout or plain"
+    )
+    vid.add_argument("--out", default="runs/video-tokenizer", help="run folder (checkpoints/, logs/, images/)")
+    _add_run_flags(vid, precision="(the LFQ stays fp32)", steps="training steps (one G and one D update each)")
+    vid.set_defaults(func=train_tokenizer, kind="video-tokenizer")
 
     ar = what.add_parser("ar", help="class-conditional AR model on token shards or images + a frozen tokenizer")
     ar.add_argument("--config", required=True, help="YAML file or preset (open-magvit2-ar-B, -L, -XL, ar-tiny)")

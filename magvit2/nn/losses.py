@@ -22,6 +22,12 @@ from torch import nn
 from magvit2.nn.quantizer import LFQ, LFQOutput
 
 
+def frames_as_images(x: torch.Tensor) -> torch.Tensor:
+    """Clips (B, C, T, H, W) -> their frames (B * T, C, H, W), clip-major (the official `flatten_t_dim`); images
+    (B, C, H, W) as they are."""
+    return x.movedim(2, 1).flatten(0, 1) if x.dim() == 5 else x
+
+
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x')))."""
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
@@ -170,15 +176,17 @@ class TokenizerLoss(nn.Module):
         step: int,
         last_layer: torch.Tensor | None = None,
     ) -> LossTerms:
-        """L_G for images x and reconstructions rec (B, 3, H, W). `lfq` (the quantizer's output) carries the entropy
-        and commitment terms, weighted with the `quantizer`'s weights and the entropy warm-up factor."""
+        """L_G for images x and reconstructions rec (B, 3, H, W), or clips (B, 3, T, H, W): L1 over every pixel, LPIPS
+        over frames, the discriminator on whole clips (the official video loss). `lfq` (the quantizer's output)
+        carries the entropy and commitment terms, weighted with the `quantizer`'s weights and the entropy warm-up
+        factor."""
         c = self.config
         rec = rec.float()
         l1 = (x.float() - rec).abs().mean()
         nll = l1
         logs = {"l1": l1}
-        if self.perceptual_loss is not None:
-            p = self.perceptual_loss(x.float(), rec).mean()
+        if self.perceptual_loss is not None:  # clips (B, C, T, H, W): over their frames, as a batch of images
+            p = self.perceptual_loss(frames_as_images(x.float()), frames_as_images(rec)).mean()
             nll = nll + c.perceptual_weight * p
             logs["lpips"] = p
         q = quantizer

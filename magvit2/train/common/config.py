@@ -17,7 +17,7 @@ from typing import Any
 from magvit2.ops.threads import parse_threads
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-KINDS = ("tokenizer", "ar")
+KINDS = ("tokenizer", "video-tokenizer", "ar")
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ from magvit2.data.images import contact_sheet, to_uint8
 from magvit2.train.common.builder import build_trainer
 from magvit2.train.common.run_folder import run_folder
 from magvit2.train.tokenizer.config import TrainConfig
-from magvit2.train.tokenizer.data import ImageDataModule
+from magvit2.train.tokenizer.data import ImageDataModule, VideoDataModule
 from magvit2.train.tokenizer.module import OPTIMIZERS_PER_STEP, TokenizerModule
 
 GRID_ROWS = ("input", "reconstruction")
@@ -27,7 +27,8 @@ GRID_ROWS = ("input", "reconstruction")
 
 class ReconstructionGrid(Callback):
     """Every `every_n_steps` training steps (and at the end), save originals over EMA reconstructions as a PNG: a
-    contact sheet (tiles enlarged to >= 64 px, rows labelled "input" and "reconstruction")."""
+    contact sheet (tiles enlarged to >= 64 px, rows labelled "input" and "reconstruction"; for clips, the frames of
+    the first two, one row each)."""
 
     def __init__(self, out_dir: str | os.PathLike, *, every_n_steps: int, count: int = 8) -> None:
         self.out_dir, self.every, self.count = Path(out_dir), every_n_steps, count
@@ -54,7 +55,11 @@ class ReconstructionGrid(Callback):
             rec = model.decode(model.encode(x)[0])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
-        sheet = contact_sheet(np.concatenate([to_uint8(x), to_uint8(rec)]), len(x), row_labels=GRID_ROWS)
+        if x.dim() == 5:  # clips: per clip a row of its input frames over a row of their reconstructions
+            rows = [to_uint8(v[:, k]) for c in range(min(2, len(x))) for v in (x[c], rec[c]) for k in range(x.shape[2])]
+            sheet = contact_sheet(np.stack(rows), x.shape[2], row_labels=GRID_ROWS * min(2, len(x)))
+        else:
+            sheet = contact_sheet(np.concatenate([to_uint8(x), to_uint8(rec)]), len(x), row_labels=GRID_ROWS)
         Image.fromarray(sheet).save(path)
         return path
 
@@ -84,7 +89,9 @@ def fit_tokenizer(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
-    datamodule = datamodule or ImageDataModule(config.data, seed=config.trainer.seed)
+    datamodule = datamodule or (VideoDataModule if config.video else ImageDataModule)(
+        config.data, seed=config.trainer.seed
+    )
     module = TokenizerModule(config)
     t = config.trainer
     grids = ReconstructionGrid(out / "images", every_n_steps=t.image_every_n_steps, count=t.grid_images)
@@ -96,7 +103,7 @@ def fit_tokenizer(
             progress=progress,
             strategy=strategy,
             steps_per_batch=OPTIMIZERS_PER_STEP,
-            what="tokenizer training",
+            what="video tokenizer training" if config.video else "tokenizer training",
             resuming=ckpt_path is not None,
             signals=signals,
         )

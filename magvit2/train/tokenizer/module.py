@@ -6,11 +6,16 @@ tokenizer weights) plus our `loss.lecam.ema_{real,fake}`; `magvit2 export` and `
 the files written here. The config travels in the checkpoint under "magvit2".
 
 Steps: Lightning counts one step per optimizer.step(), two per batch here; `batch_step` is the number of training
-batches done (what `trainer.max_steps`, `disc_start` and the logs mean in our configs).
+batches done (what `trainer.max_steps`, `disc_start`, the lr schedule and the logs mean in our configs; the official
+video recipe feeds Lightning's count to its cosine, which so ends at half the run: we follow its intent, per batch).
+
+The video tokenizer (config kind "video-tokenizer") trains here too: a VideoTokenizer, the 3D PatchGAN, clips
+(B, 3, T, H, W) in the batches, LPIPS over frames.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -20,7 +25,9 @@ from magvit2.eval.image_metrics import psnr as image_psnr
 from magvit2.eval.image_metrics import quantize_uint8
 from magvit2.nn.image.discriminator import PatchDiscriminator
 from magvit2.nn.image.tokenizer import Tokenizer
-from magvit2.nn.losses import TokenizerLoss
+from magvit2.nn.losses import TokenizerLoss, frames_as_images
+from magvit2.nn.video.discriminator import PatchDiscriminator3D
+from magvit2.nn.video.tokenizer import VideoTokenizer
 from magvit2.train.common.ema import EMA
 from magvit2.train.common.guard import NonFiniteGuard, check_finite_checkpoint, grad_scaler
 from magvit2.train.common.resume_check import check_resume_checkpoint
@@ -35,12 +42,13 @@ class TokenizerModule(L.LightningModule):
         if isinstance(config, dict):
             config = config_from_dict(config)
         self.config = config
-        tokenizer = Tokenizer(config.tokenizer_config())
+        tokenizer = (VideoTokenizer if config.video else Tokenizer)(config.tokenizer_config())
         # The tokenizer's modules are registered here directly so the keys are the official ones (no prefix);
         # the Tokenizer object itself is kept outside the module tree and shares them.
         self.encoder, self.decoder, self.quantize = tokenizer.encoder, tokenizer.decoder, tokenizer.quantizer
         self.__dict__["tokenizer"] = tokenizer
-        discriminator = PatchDiscriminator(ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers)
+        disc = PatchDiscriminator3D if config.video else PatchDiscriminator
+        discriminator = disc(ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers)
         self.loss = TokenizerLoss(config.loss, discriminator=discriminator)
         self.model_ema = EMA(tokenizer, decay=config.optim.ema_decay, warmup=config.optim.ema_warmup)
         self.automatic_optimization = False
@@ -65,15 +73,26 @@ class TokenizerModule(L.LightningModule):
         o = self.config.optim
         return o.lr * o.lr_drop_factor ** sum(1 for e in o.lr_drop_epochs if epoch >= e)
 
+    def lr_at_step(self, step: int) -> float:
+        """The cosine schedule at batch `step` (the official video recipe's "cos"): linear from warmup_start * lr to
+        lr over warmup_steps, then lr * (r + (1 - r) (1 + cos(pi p)) / 2), p = (step - warmup) / (max_steps - 1 -
+        warmup) in [0, 1], r = final_lr_ratio."""
+        o, total = self.config.optim, self.config.trainer.max_steps
+        if step < o.warmup_steps:
+            return o.lr * (o.warmup_start + (1 - o.warmup_start) * step / o.warmup_steps)
+        p = min(1.0, (step - o.warmup_steps) / max(1, total - 1 - o.warmup_steps))
+        return o.lr * (o.final_lr_ratio + (1 - o.final_lr_ratio) * (0.5 + 0.5 * math.cos(math.pi * p)))
+
     def _set_lr(self) -> float:
-        lr = self.lr_at_epoch(self.current_epoch)
+        cosine = self.config.optim.schedule == "cosine"
+        lr = self.lr_at_step(self.batch_step) if cosine else self.lr_at_epoch(self.current_epoch)
         for opt in self.optimizers():
             for group in opt.param_groups:
                 group["lr"] = lr
         return lr
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch  # (B, 3, H, W) in [-1, 1]
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch  # (B, 3, H, W) or (B, 3, T, H, W) in [-1, 1]
         opt_g, opt_d = self.optimizers()
         step = self.batch_step
         lr = self._set_lr()
@@ -154,19 +173,22 @@ class TokenizerModule(L.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         quantized, _ = self.tokenizer.encode(x)
         rec = self.tokenizer.decode(quantized)
-        # the evaluation's PSNR; capped at 200 dB so an exact reconstruction logs a finite number
-        psnr = image_psnr(quantize_uint8(x), quantize_uint8(rec)).clamp(max=200.0).mean()
+        # the evaluation's PSNR (over frames for clips); capped at 200 dB so an exact reconstruction logs a finite
+        # number
+        frames, rec_frames = frames_as_images(x), frames_as_images(rec)
+        psnr = image_psnr(quantize_uint8(frames), quantize_uint8(rec_frames)).clamp(max=200.0).mean()
         self.log("val/psnr", psnr, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         self.log("val/l1", (x - rec.clamp(-1, 1)).abs().mean(), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_resume_checkpoint(checkpoint, self, "tokenizer", self._trainer.ckpt_path if self._trainer else "")
+        check_resume_checkpoint(checkpoint, self, self.config.kind, self._trainer.ckpt_path if self._trainer else "")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_finite_checkpoint(checkpoint, self.batch_step)
-        checkpoint["magvit2"] = {"kind": "tokenizer", "config": self.config.to_dict(), "batch_step": self.batch_step}
+        meta = {"kind": self.config.kind, "config": self.config.to_dict(), "batch_step": self.batch_step}
+        checkpoint["magvit2"] = meta
 
     def ema_tokenizer(self) -> Tokenizer:
         """A copy of the tokenizer holding the EMA weights, in eval mode (for evaluation and export)."""
