@@ -3,6 +3,7 @@ gradients within the dtype's tolerance, opcheck. Needs a GPU and the CUDA build 
 the build itself is checked without a GPU by .ci/cuda_build_check.sh)."""
 
 import math
+
 import pytest
 import torch
 

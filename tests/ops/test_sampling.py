@@ -276,7 +276,9 @@ def test_mass_exactly_at_the_limit_keeps_the_token():
         drawn = ops.sample_tokens(logits, top_p=0.5, seed=3)
         assert set(drawn.tolist()) == {0, 1, 2}
         assert torch.equal(drawn, _ref(logits, top_p=0.5, seed=3))
-        assert torch.equal(ops.sample_tokens(logits, top_k=3, top_p=0.5, seed=4), _ref(logits, top_k=3, top_p=0.5, seed=4))
+        assert torch.equal(
+            ops.sample_tokens(logits, top_k=3, top_p=0.5, seed=4), _ref(logits, top_k=3, top_p=0.5, seed=4)
+        )
 
 
 def test_a_cutoff_within_rounding_of_the_limit_is_exact():
