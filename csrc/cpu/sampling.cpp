@@ -142,16 +142,20 @@ uint32_t kth_largest_key(const float* x, int64_t n, int64_t k, uint32_t* keys) {
 // bound of the threshold (k blocks hold a value >= it), so only the ~k blocks whose maximum reaches it are scanned,
 // and nth_element orders the maxima and the few tokens found instead of a copy of the row: V = 4096, k = 50 costs
 // 1.8 instead of 12 ns/element here (nth_element on a copy, then a scan for the kept). Blocks of a multiple of 8 tokens, so that their maxima vectorise; for k > n / 16
-// there is nothing to gain and a radix select by counting (kth_largest_key) takes the row. bm: n / 8 + 1 floats, tmp: n floats.
+// there is nothing to gain and a radix select by counting (kth_largest_key) takes the row (nth_element below 1024 tokens). bm: n / 8 + 1 floats, tmp: n floats.
 int64_t top_k_tokens(const float* x, int64_t n, int64_t k, float* bm, float* tmp, int64_t* idx,
                      uint32_t* rkeys) {
   const int64_t size = n / (2 * k) / 8 * 8;
   int64_t m = 0;
-  if (size == 0) {  // a wide cut: the threshold by counting, then one scan for the kept
+  if (size == 0 && n >= 1024) {  // a wide cut: the threshold by counting, then one scan for the kept
     const float threshold = from_order_key(kth_largest_key(x, n, k, rkeys));
     for (int64_t i = 0; i < n; ++i)
       if (x[i] >= threshold) idx[m++] = i;
     return m;
+  } else if (size == 0) {  // a short row: nth_element beats the counting tables' fixed cost (5k bins)
+    std::copy(x, x + n, tmp);
+    for (int64_t i = 0; i < n; ++i) idx[i] = i;
+    m = n;
   } else {
     int64_t blocks = 0;
     for (int64_t s = 0; s < n; s += size) {
@@ -179,12 +183,12 @@ int64_t top_k_tokens(const float* x, int64_t n, int64_t k, float* bm, float* tmp
   return kept;
 }
 
-// bucket[j] = floor(min(top - x[j], 88) * per), clamped to 511: a bucket never decreases as x does (each step
+// bucket[j] = floor(min(top - x[j], 88) * per), clamped to last: a bucket never decreases as x does (each step
 // rounds monotonically). Vectorised (AVX2 clone).
-MAGVIT2_AVX2_CLONES void bin(const float* x, float top, int64_t n, float per, uint16_t* bucket) {
+MAGVIT2_AVX2_CLONES void bin(const float* x, float top, int64_t n, float per, int last, uint16_t* bucket) {
   for (int64_t j = 0; j < n; ++j) {
     const float d = std::min(top - x[j], 88.0f);
-    bucket[j] = static_cast<uint16_t>(std::min(511, static_cast<int>(d * per)));
+    bucket[j] = static_cast<uint16_t>(std::min(last, static_cast<int>(d * per)));
   }
 }
 
@@ -272,7 +276,7 @@ Exact exact_pass(const float* x, const float* w, int64_t n, uint64_t vc, Row& bu
 
 // The top-p draw over tokens [0, n) (index order; x and float32 weights, 0 for tokens that cannot be drawn; top: the
 // largest x): the nucleus of magvit2/ops/reference/sampling.py without ordering it. The cutoff token c (the last
-// token with M(c) <= p * Z) is first guessed from mass buckets: d = top - x binned into 512 buckets, each bucket's
+// token with M(c) <= p * Z) is first guessed from mass buckets: d = top - x binned into up to 512 buckets, each bucket's
 // mass summed in any order; the bucket where the mass from the top crosses p * Z holds c, and its tokens are binned
 // again over their own d range until at most 48 remain, which are ordered by (x, position) and walked. The guess only
 // names a token: one exact pass (exact_pass) then checks M(c) <= p * Z < M(next) (M never decreases along the
@@ -280,15 +284,18 @@ Exact exact_pass(const float* x, const float* w, int64_t n, uint64_t vc, Row& bu
 // exact pass per step, finds the cutoff. Every pass costs the same for a 1-token and a 4000-token nucleus. Returns the
 // drawn position: the first whose running nucleus sum exceeds u * (nucleus sum).
 int64_t draw_top_p(const float* x, const float* w, int64_t n, float top, double top_p, double u, Row& buf) {
-  constexpr int kBuckets = 512, kFew = 48;
+  constexpr int kMaxBuckets = 512, kFew = 48;
   constexpr float kRange = 88.0f;  // weights are 0 beyond d = 87.34
+  // n / 8 buckets, 16 to 512: a short row pays for few (V = 64: 0.07 ms a call at B = 64 with 512)
+  const int kBuckets = static_cast<int>(std::clamp<int64_t>(n / 8, 16, kMaxBuckets));
   uint16_t* bucket = buf.bucket.data();
   int64_t* cand = buf.idx.data();
   double* cum = buf.cum.data();
-  double mass[2][kBuckets];
-  std::fill(&mass[0][0], &mass[0][0] + 2 * kBuckets, 0.0);
-  const float per = kBuckets / kRange;
-  bin(x, top, n, per, bucket);
+  double mass[2][kMaxBuckets];
+  std::fill(&mass[0][0], &mass[0][0] + kBuckets, 0.0);
+  std::fill(&mass[1][0], &mass[1][0] + kBuckets, 0.0);
+  const float per = static_cast<float>(kBuckets) / kRange;
+  bin(x, top, n, per, kBuckets - 1, bucket);
   for (int64_t j = 0; j + 1 < n; j += 2) {  // two tables: a run of one bucket is two chains, not one
     mass[0][bucket[j]] += static_cast<double>(w[j]);
     mass[1][bucket[j + 1]] += static_cast<double>(w[j + 1]);
