@@ -181,8 +181,8 @@ def test_a_logit_infinite_in_both_inputs_is_an_error_in_both_backends():
 
 
 def test_top_p_near_one_walks_past_the_candidates():
-    # p within rounding of 1 keeps tokens far below the maximum (2923 of 4096 in row 0 against 230 candidates with
-    # p = 1 - 1e-15): the nucleus walk runs past the candidate prefix into the other tokens
+    # p within rounding of 1 keeps tokens far below the maximum (2923 of 4096 in row 0 with p = 1 - 1e-15): the
+    # cutoff sits in the far buckets, where the masses are within rounding of the limit
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(16, 4096, generator=g) * 20
     for p in (1 - 1e-15, 0.999999, 0.99):
@@ -208,9 +208,9 @@ def test_opcheck_and_compile():
 @pytest.mark.parametrize("scale", [0.3, 1.0, 2.0, 8.0], ids=lambda s: f"std{s}")
 @pytest.mark.parametrize("top_p", [0.5, 0.96, 0.999999], ids=lambda p: f"p{p}")
 def test_top_p_nucleus_of_any_width_matches_the_reference(scale, top_p):
-    """The nucleus from a few tokens (std 8) to most of the row (std 0.3): the candidates found from the binned
-    mass, their sort keys, the continuation below them (p within rounding of 1) and the flags-based draw of a
-    large nucleus; signed zeros and repeated values order as equal logits (by index)."""
+    """The nucleus from a few tokens (std 8) to most of the row (std 0.3): the cutoff guessed from the binned mass
+    (refined in crowded buckets), its exact check and the draw by binary search of the running sums; signed zeros
+    and repeated values order as equal logits (by index)."""
     g = torch.Generator().manual_seed(int(scale * 10))
     logits = torch.randn(16, 4096, generator=g) * scale
     logits[0, :2048] = 0.0
