@@ -3,20 +3,19 @@
 // Meant to give, token for token, what csrc/cpu/sampling.cpp and magvit2/ops/reference/sampling.py give, by running
 // the same arithmetic (tests/gpu/test_cuda.py compares them on a GPU): every operation that decides a token is in
 // namespace `mirror` below (float32 guidance/temperature, float32 exp_det, SplitMix64 uniform) with round-to-nearest
-// intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z in index order, the top-p running
-// mass in visiting order, the draw's running sum in index order) is a sequential float64 sum in the reference's
-// order, run by thread 0 over tiles that the block stages and compacts (zeros skipped: adding +0 changes nothing),
-// so only the order-free work is parallel. The top-p order lives in nucleus(): re-sync it with the CPU kernel when
-// that changes.
+// intrinsics, which nvcc never fuses into FMAs; every sum that decides a token (Z, the top-p mass before a token,
+// the draw's running sum, all in index order) is a sequential float64 sum in the reference's order, run by thread 0
+// over tiles that the block stages and compacts (zeros skipped: adding +0 changes nothing), so only the order-free
+// work is parallel. The top-p rule lives in nucleus(): re-sync it with the CPU kernel when that changes.
 //
 // Per row (block of 512 threads; scratch x (float) and w (double) rows in global memory):
 //   1. x = combine(logits, uncond) / t, NaN checks (inputs, then x: inf - inf in the guidance), max and its first
 //      index (block reduction);  top_k == 1 stops here;
 //   2. top-k: the k-th largest x by radix select (4 passes of 8-bit digits over order-preserving keys);
 //   3. w = exp_det(x - max) in float32 (stored as double), 0 outside the top-k;
-//   4. top-p: tokens with w > 0 by (x descending, index ascending), 2048 at a time: radix select of the 2048th key,
-//      bitonic sort of that batch in shared memory, thread 0 adds the masses until the limit, so only the nucleus
-//      and at most one batch beyond it are ever ordered;
+//   4. top-p: a mass threshold over keys (x descending, index ascending): a bisection on the key with block-parallel
+//      (order-free) sums guesses the cutoff, one sequential pass checks it exactly (a bisection of sequential passes
+//      when rounding made the guess wrong), and tokens past it get weight 0; nothing is ordered;
 //   5. draw: thread 0 writes the running sum in place of the kept w (index order), then the first index whose running
 //      sum exceeds u * sum is a parallel min-reduction.
 // Errors (NaN logits, NaN after guidance, no finite or an infinite logit) are flagged per row on the device and raised
@@ -100,24 +99,23 @@ __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, 
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBatch = 2048;  // top-p: tokens ordered per round (keys + weights: 32 KiB of shared memory)
 constexpr unsigned kFull = 0xffffffffu;
 constexpr uint64_t kNoKey = ~uint64_t(0);
 
 enum Status : int32_t { kOk = 0, kNaN = 1, kNoFinite = 2, kInfinite = 3, kNaNAfterGuidance = 4 };
 
 struct Shared {
-  uint64_t keys[kBatch];
-  double vals[kBatch];  // top-p: the batch's weights in key order; ordered scans: a compacted tile of weights
+  double vals[kThreads];  // ordered scans: a compacted tile of weights
+  double red_sum[kWarps];
   int32_t tile_index[kThreads];
   unsigned hist[256];
   unsigned warp_count[kWarps], warp_offset[kWarps];
   float red_value[kWarps];
   int64_t red_index[kWarps];
   unsigned long long first, last;
-  uint64_t select_prefix, cutoff;
-  double target;
-  unsigned select_rank, count, tile_count;
+  uint64_t select_prefix;
+  double target, limit;
+  unsigned select_rank, tile_count;
   int stop;
 };
 
@@ -210,92 +208,72 @@ __device__ void ordered_visit(const double* w, int64_t vocab, Shared& sh, Visit&
   }
 }
 
-// Ascending bitonic sort of keys[0, n), n a power of two <= kBatch.
-__device__ void bitonic_sort(uint64_t* keys, int n) {
-  for (int k = 2; k <= n; k <<= 1) {
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      for (int t = threadIdx.x; t < n; t += kThreads) {
-        const int other = t ^ j;
-        if (other > t) {
-          const uint64_t a = keys[t], b = keys[other];
-          if ((a > b) == ((t & k) == 0)) {
-            keys[t] = b;
-            keys[other] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
+// The sum of every thread's v (any order: only an estimate); every thread gets the same value.
+__device__ double block_sum(double v, Shared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(kFull, v, off);
+  if (lane == 0) sh.red_sum[warp] = v;
+  __syncthreads();
+  double total = 0.0;
+  for (int j = 0; j < kWarps; ++j) total += sh.red_sum[j];
+  __syncthreads();
+  return total;
 }
 
 // ---- the row steps that follow the reference's order of decisions ------------------------------------------------
 
-// Top-p (reference: visit kept tokens by x descending, ties lower index first, keep while the mass before the token
-// is <= limit): zeroes w outside the nucleus. Candidates are the tokens with w > 0 (count: n_valid); key = (descending
-// x, index), unique, so batches of kBatch consecutive keys are well defined.
-__device__ void nucleus(const float* x, double* w, int64_t vocab, int index_bits, unsigned n_valid, double limit,
-                        Shared& sh) {
-  const uint64_t index_mask = (uint64_t(1) << index_bits) - 1;
+// Top-p (reference: kept token i stays iff M(i) <= limit, M(i) = the mass of the kept tokens before i in the order
+// x descending, ties lower index first, summed sequentially in index order): zeroes w outside the nucleus. With
+// key = (descending x, index) and S(K) = the mass of the tokens of key < K, S never decreases in K, so the nucleus
+// is the tokens of key <= K*, K* the largest K with S(K) <= limit. A bisection on K with block sums (order-free,
+// parallel) finds K* up to rounding; one sequential pass checks S(K) <= limit < S(K + 1) exactly; if rounding made
+// the guess wrong (S within ~1e-13 of the limit), a bisection of sequential passes finds K*. limit: sh.limit.
+__device__ void nucleus(const float* x, double* w, int64_t vocab, int index_bits, Shared& sh) {
   auto key_of = [&](int64_t i) { return (static_cast<uint64_t>(descending_key(x[i])) << index_bits) | i; };
-  unsigned consumed = 0;
-  bool bounded = false;  // keys <= boundary are already visited
-  uint64_t boundary = 0;
-  double before = 0.0;  // thread 0's running mass (the reference's sequential sum in visiting order)
-  bool everything = false, empty = false;
-  uint64_t cutoff = 0;  // key of the last token in the nucleus
-  while (true) {
-    const unsigned m = min(static_cast<unsigned>(kBatch), n_valid - consumed);
-    if (m == 0) {
-      everything = true;
-      break;
+  const uint64_t last_key = (uint64_t(1) << (32 + index_bits)) - 1;
+  const double limit = sh.limit;
+  uint64_t lo = 0, hi = last_key;  // S(0) = 0 <= limit
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2 + 1;
+    double part = 0.0;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) part += w[i] > 0.0 && key_of(i) < mid ? w[i] : 0.0;
+    if (block_sum(part, sh) <= limit) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
     }
-    auto fresh = [&](int64_t i, uint64_t& k) {
-      if (!(w[i] > 0.0)) return false;
-      k = key_of(i);
-      return !bounded || k > boundary;
-    };
-    const uint64_t last_key = m == n_valid - consumed ? kNoKey : radix_select(vocab, 32 + index_bits, m, fresh, sh);
-    if (threadIdx.x == 0) sh.count = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      uint64_t k;
-      if (fresh(i, k) && k <= last_key) sh.keys[atomicAdd(&sh.count, 1u)] = k;
-    }
-    int width = 1;
-    while (width < static_cast<int>(m)) width <<= 1;
-    for (int j = static_cast<int>(m) + threadIdx.x; j < width; j += kThreads) sh.keys[j] = kNoKey;
-    __syncthreads();
-    bitonic_sort(sh.keys, width);
-    for (int j = threadIdx.x; j < static_cast<int>(m); j += kThreads) sh.vals[j] = w[sh.keys[j] & index_mask];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int stop = -1;
-      for (int j = 0; j < static_cast<int>(m); ++j) {
-        if (!(before <= limit)) {
-          stop = j;
-          break;
-        }
-        before = mirror::add(before, sh.vals[j]);
-      }
-      sh.stop = stop >= 0 ? 1 + (stop == 0 && !bounded) : 0;  // 2: nothing visited at all (limit is NaN)
-      sh.cutoff = stop > 0 ? sh.keys[stop - 1] : stop == 0 ? boundary : sh.keys[m - 1];
-    }
-    __syncthreads();
-    boundary = sh.cutoff;
-    if (sh.stop != 0) {
-      empty = sh.stop == 2;
-      cutoff = boundary;
-      break;
-    }
-    bounded = true;
-    consumed += m;
-    __syncthreads();  // the keys are rebuilt next round
   }
-  if (!everything) {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      if (w[i] > 0.0 && (empty || key_of(i) > cutoff)) w[i] = 0.0;
+  double below = 0.0, upto = 0.0;  // thread 0: S(lo), S(lo + 1)
+  auto check = [&](int32_t i, double v) {
+    const uint64_t k = key_of(i);
+    if (k < lo) below = mirror::add(below, v);
+    if (k <= lo) upto = mirror::add(upto, v);
+  };
+  ordered_visit(w, vocab, sh, check);
+  if (threadIdx.x == 0) sh.stop = below <= limit && (lo == last_key || upto > limit);
+  __syncthreads();
+  if (!sh.stop) {
+    uint64_t a = 0, b = last_key;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2 + 1;
+      double s = 0.0;
+      auto mass = [&](int32_t i, double v) {
+        if (key_of(i) < mid) s = mirror::add(s, v);
+      };
+      __syncthreads();  // every thread has read sh.stop
+      ordered_visit(w, vocab, sh, mass);
+      if (threadIdx.x == 0) sh.stop = s <= limit;
+      __syncthreads();
+      if (sh.stop) {
+        a = mid;
+      } else {
+        b = mid - 1;
+      }
     }
+    lo = a;
+  }
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    if (w[i] > 0.0 && key_of(i) > lo) w[i] = 0.0;
   }
   __syncthreads();
 }
@@ -374,25 +352,20 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // 3. weights: float32 exp of the float32 x - max, summed in float64 from here on.
-  if (threadIdx.x == 0) sh.count = 0;
-  __syncthreads();
-  unsigned kept = 0;
   for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
     double v = static_cast<double>(mirror::exp_det(__fsub_rn(x[i], top)));
     if (filter_k && !(x[i] >= threshold)) v = 0.0;
     w[i] = v;
-    kept += v > 0.0;
   }
-  atomicAdd(&sh.count, kept);
-  __syncthreads();
-  const unsigned n_valid = sh.count;
 
   // 4. top-p over Z = the sequential sum of w in index order.
   if (top_p < 1.0) {
     double total = 0.0;
     auto add_total = [&](int32_t, double v) { total = mirror::add(total, v); };
     ordered_visit(w, vocab, sh, add_total);
-    nucleus(x, w, vocab, index_bits, n_valid, mirror::mul(total, top_p), sh);  // limit only read by thread 0
+    if (threadIdx.x == 0) sh.limit = mirror::mul(total, top_p);  // total is thread 0's
+    __syncthreads();
+    nucleus(x, w, vocab, index_bits, sh);
   }
 
   // 5. draw: the running sum of the kept weights (all > 0: finite x, no NaN) replaces them (thread 0, index order),

@@ -2,6 +2,8 @@
 gradients within the dtype's tolerance, opcheck. Needs a GPU and the CUDA build (collected only on a CUDA machine;
 the build itself is checked without a GPU by .ci/cuda_build_check.sh)."""
 
+import math
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ SETTINGS = [
     dict(top_k=1),
     dict(top_k=5000),
     dict(top_p=0.01),
-    dict(top_p=0.999),  # a nucleus of many 2048-token rounds
+    dict(top_p=0.999),  # a nucleus of thousands of tokens
 ]
 
 
@@ -94,6 +96,14 @@ def test_sample_tokens_ties_and_errors():
     tied[:, :7] = torch.tensor([0.0, -0.0, 2.0, 2.0, -0.0, 0.0, 2.0])
     for kw in (dict(top_k=1), dict(top_k=3), dict(top_p=0.5), dict(top_k=20, top_p=0.3)):
         assert torch.equal(ops.sample_tokens(tied.cuda(), seed=5, **kw).cpu(), ops.sample_tokens(tied, seed=5, **kw))
+    # the top-p cut exactly at the limit (equal weights, p = 1/2), and within rounding of it: 1000 weights of ~2^-60
+    # that vanish in the index-order sum but not in a block sum, so the guess from block sums must be corrected
+    exact = torch.tensor([[0.0, -0.0, 0.0, -0.0]]).repeat(64, 1)
+    near = torch.full((64, 1002), -60 * math.log(2.0))
+    near[:, 0], near[:, 1] = 0.0, -math.log(2.0)
+    for logits, top_p in ((exact, 0.5), (near, 1 - 1e-16)):
+        got = ops.sample_tokens(logits.cuda(), top_p=top_p, seed=7).cpu()
+        assert torch.equal(got, ops.sample_tokens(logits, top_p=top_p, seed=7))
     bad = torch.zeros(3, 10, device="cuda")
     bad[2, 4] = float("nan")
     bad[1] = float("-inf")

@@ -181,8 +181,8 @@ def test_a_logit_infinite_in_both_inputs_is_an_error_in_both_backends():
 
 
 def test_top_p_near_one_walks_past_the_candidates():
-    # p within rounding of 1 keeps tokens far below the maximum (2923 of 4096 in row 0 against 230 candidates with
-    # p = 1 - 1e-15): the nucleus walk runs past the candidate prefix into the other tokens
+    # p within rounding of 1 keeps tokens far below the maximum (2923 of 4096 in row 0 with p = 1 - 1e-15): the
+    # cutoff sits in the far buckets, where the masses are within rounding of the limit
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(16, 4096, generator=g) * 20
     for p in (1 - 1e-15, 0.999999, 0.99):
@@ -208,9 +208,9 @@ def test_opcheck_and_compile():
 @pytest.mark.parametrize("scale", [0.3, 1.0, 2.0, 8.0], ids=lambda s: f"std{s}")
 @pytest.mark.parametrize("top_p", [0.5, 0.96, 0.999999], ids=lambda p: f"p{p}")
 def test_top_p_nucleus_of_any_width_matches_the_reference(scale, top_p):
-    """The nucleus from a few tokens (std 8) to most of the row (std 0.3): the candidates found from the binned
-    mass, their sort keys, the continuation below them (p within rounding of 1) and the flags-based draw of a
-    large nucleus; signed zeros and repeated values order as equal logits (by index)."""
+    """The nucleus from a few tokens (std 8) to most of the row (std 0.3): the cutoff guessed from the binned mass
+    (refined in crowded buckets), its exact check and the draw by binary search of the running sums; signed zeros
+    and repeated values order as equal logits (by index)."""
     g = torch.Generator().manual_seed(int(scale * 10))
     logits = torch.randn(16, 4096, generator=g) * scale
     logits[0, :2048] = 0.0
@@ -219,3 +219,107 @@ def test_top_p_nucleus_of_any_width_matches_the_reference(scale, top_p):
     for i in range(3):
         kw = dict(top_p=top_p, seed=i, offset=3 * i)
         assert torch.equal(ops.sample_tokens(logits, **kw), _ref(logits, **kw)), kw
+
+
+def _nucleus_by_definition(x: torch.Tensor, top_p: float) -> set[int]:
+    """The top-p rule written out for one row, O(V^2): token i stays iff the mass of the tokens before it (x
+    descending, ties lower index first; -0.0 == +0.0), summed one by one in index order in float64, is <= p * Z."""
+    w = ref.exp_det(x - x.max()).double().tolist()
+    xs = x.tolist()
+    kept = [i for i in range(len(xs)) if w[i] > 0]
+    z = 0.0
+    for i in kept:
+        z += w[i]
+    out = set()
+    for i in kept:
+        mass = 0.0
+        for j in kept:
+            if xs[j] > xs[i] or (xs[j] == xs[i] and j < i):
+                mass += w[j]
+        if mass <= top_p * z:
+            out.add(i)
+    return out
+
+
+def _tie_rows() -> torch.Tensor:
+    g = torch.Generator().manual_seed(20)
+    rows = torch.randn(6, 40, generator=g).mul(1.5).round() / 2  # many repeated values
+    rows[1, ::2] = -0.0
+    rows[1, 1::2] = 0.0  # one value, two signs: ordered by index
+    rows[2, 5:25] = float("-inf")
+    rows[3] = torch.tensor([0.0, -0.0] * 20)
+    rows[4, :4] = 3.0
+    rows[5] = torch.randn(40, generator=g) * 0.05  # a nucleus of most of the row
+    return rows
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.75, 0.96, 0.9999])
+def test_nucleus_is_the_mass_threshold_of_its_definition(top_p):
+    rows = _tie_rows()
+    n = 3000
+    for r, row in enumerate(rows):
+        want = _nucleus_by_definition(row, top_p)
+        keep = ref.nucleus(row[None], ref.exp_det(row - row.max())[None].double(), torch.isfinite(row)[None], top_p)
+        assert set(keep[0].nonzero()[:, 0].tolist()) == want, r
+        drawn = ops.sample_tokens(row[None].repeat(n, 1), top_p=top_p, seed=r)
+        assert torch.equal(drawn, _ref(row[None].repeat(n, 1), top_p=top_p, seed=r))
+        assert set(drawn.tolist()) <= want
+        if len(want) <= 8:
+            assert set(drawn.tolist()) == want  # each of a few tokens is drawn in 3000 tries
+
+
+def test_mass_exactly_at_the_limit_keeps_the_token():
+    # four equal weights, p = 1/2: M = 0, 1, 2, 3 against p * Z = 2, so the third token (M == limit) stays; signed
+    # zeros are one value, ordered by index
+    for row in (torch.zeros(4), torch.tensor([-0.0, 0.0, -0.0, 0.0]), torch.tensor([0.0, -0.0, 0.0, -0.0])):
+        logits = row[None].repeat(4000, 1)
+        drawn = ops.sample_tokens(logits, top_p=0.5, seed=3)
+        assert set(drawn.tolist()) == {0, 1, 2}
+        assert torch.equal(drawn, _ref(logits, top_p=0.5, seed=3))
+        assert torch.equal(
+            ops.sample_tokens(logits, top_k=3, top_p=0.5, seed=4), _ref(logits, top_k=3, top_p=0.5, seed=4)
+        )
+
+
+def test_a_cutoff_within_rounding_of_the_limit_is_exact():
+    # weights 1 and ~0.5 first in index order, then 1000 of ~2^-60: summed in index order the small ones vanish
+    # (Z = 1.5), summed in any other order they add ~9e-16. With p = 1 - 1e-16 the first small token's mass before
+    # (1.5) passes p * Z, though an estimate of Z from per-bucket sums says otherwise: the kernel's guess is then
+    # wrong and its exact check must find the cutoff the rule gives (the first two tokens)
+    row = torch.full((1002,), -60 * math.log(2.0))
+    row[0], row[1] = 0.0, -math.log(2.0)
+    logits = row[None].repeat(2000, 1)
+    top_p = 1 - 1e-16
+    assert _nucleus_by_definition(row, top_p) == {0, 1}
+    drawn = ops.sample_tokens(logits, top_p=top_p, seed=5)
+    assert set(drawn.tolist()) == {0, 1}
+    assert torch.equal(drawn, _ref(logits, top_p=top_p, seed=5))
+    shuffled = logits[:, torch.randperm(1002, generator=torch.Generator().manual_seed(0))]  # small tokens first too
+    assert torch.equal(ops.sample_tokens(shuffled, top_p=top_p, seed=6), _ref(shuffled, top_p=top_p, seed=6))
+
+
+@pytest.mark.parametrize("scale, top_p", [(0.2, 0.96), (0.2, 0.5), (3.0, 0.9), (3.0, 0.3)], ids=str)
+def test_wide_and_narrow_nuclei_pass_a_chi_square_test_against_sort_based_filtering(scale, top_p):
+    """The official, sort-based filter (keep while the mass before, summed in sorted order, is <= p) on a row with no
+    mass within rounding of the limit gives the same nucleus, so the draws must follow its softmax: ~60 of 64
+    tokens (scale 0.2, p 0.96) down to a few (scale 3, p 0.3)."""
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(int(scale * 100 + top_p * 1000))
+    n, vocab = 200_000, 64
+    row = torch.randn(vocab, generator=g) * scale
+    x = row.double()
+    p = (x - x.max()).exp()
+    order = torch.argsort(x, descending=True)
+    before = torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)[:-1]])
+    assert bool(((before - top_p * p.sum()).abs() > 1e-9).all())  # no token near the cut
+    keep = torch.zeros(vocab, dtype=torch.bool)
+    keep[order] = before <= top_p * p.sum()
+    p = torch.where(keep, p, torch.zeros(()))
+    expected = (p / p.sum()).numpy() * n
+    drawn = ops.sample_tokens(row[None].repeat(n, 1), top_p=top_p, seed=22)
+    counts = torch.bincount(drawn, minlength=vocab).numpy()
+    assert counts[expected == 0].sum() == 0
+    assert (expected > 0).sum() > (50 if top_p > 0.9 and scale < 1 else 0)
+    stat = chisquare(counts[expected > 0], expected[expected > 0])
+    assert stat.pvalue > 1e-3, stat

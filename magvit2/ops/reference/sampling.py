@@ -6,8 +6,12 @@ Every decision uses only IEEE basic operations in a fixed order, so two implemen
 - weights w = exp_det(x - max) in float32, where exp_det is a fixed range reduction + degree-7 polynomial and an
   exact power of two built from bits (no libm exp, whose last bit differs between libraries), ~1 ulp; 0 below
   exp(-87), so that every weight kept is a normal float; weights are summed in float64;
-- top-p: visit kept tokens by x descending (ties: lower index first), keep while the mass before the token is
-  <= p * Z, where Z sums the kept weights sequentially in index order and the mass before sums in visiting order;
+- top-p (a mass threshold, no visiting order): the kept tokens are totally ordered by x descending, ties (-0.0 ==
+  +0.0 included) lower index first; token i stays iff M(i) <= p * Z, where M(i) sums the weights of the kept tokens
+  strictly before i in that order and Z all kept weights, both sequentially in index order. A sequential float64
+  sum of non-negative terms never decreases when terms join it, so M never decreases along the order and the
+  nucleus is the prefix of the order down to a cutoff token: a kernel finds it by a threshold search over keys
+  (bisection, or a coarse search then an exact check) at a cost independent of the nucleus width, with no sort;
 - draw: u from a counter-based stream (SplitMix64 of seed, offset, row; 53-bit uniform), then the first index (in
   index order) whose running sum of kept weights exceeds u * (sum of kept weights); sequential float64 sums.
 top_k == 1 is greedy: the first index of the largest x. NaN logits (also a logit infinite in both logits and uncond,
@@ -59,6 +63,33 @@ def combine(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float,
     return x / torch.tensor(temperature, dtype=torch.float32)
 
 
+def masked_sum(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(R, V) float64 weights >= 0 and a mask -> (R,): the sequential float64 sum of the masked weights in index
+    order (adding the +0.0 of an unmasked token changes no partial sum)."""
+    return torch.where(mask, w, torch.zeros((), dtype=torch.float64)).cumsum(dim=1)[:, -1]
+
+
+def nucleus(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(R, V) x, float64 weights and kept flags -> (R, V) bool: the top-p nucleus of the module docstring.
+
+    The reference may sort: it ranks the kept tokens (x descending, ties lower index first) and bisects on the
+    rank for the last token with M <= p * Z, each probe one masked sequential sum over the row.
+    """
+    rows, vocab = x.shape
+    limit = masked_sum(w, keep) * top_p  # (R,): p * Z
+    x0 = torch.where(x == 0, torch.zeros((), dtype=x.dtype), x)  # -0.0 ties +0.0
+    order = torch.sort(torch.where(keep, x0, float("-inf")), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(vocab, device=x.device).expand(rows, vocab))
+    lo = torch.zeros(rows, dtype=torch.int64, device=x.device)  # rank 0 (the maximum) has M = 0: always in
+    hi = keep.sum(dim=1) - 1  # the last kept rank
+    while bool((lo < hi).any()):
+        mid = (lo + hi + 1) // 2
+        inside = masked_sum(w, keep & (rank < mid[:, None])) <= limit  # M of the token of rank mid
+        lo = torch.where(inside, mid, lo)
+        hi = torch.where(inside, hi, mid - 1)
+    return keep & (rank <= lo[:, None])
+
+
 def sample_tokens(
     logits: torch.Tensor,
     uncond: torch.Tensor | None,
@@ -101,12 +132,7 @@ def sample_tokens(
     w = torch.where(keep, exp_det(x - top[:, None]), torch.zeros((), dtype=torch.float32)).double()
     keep = keep & (w > 0)  # tokens whose weight underflows to 0 can never be drawn
     if top_p < 1.0:
-        total = w.cumsum(dim=1)[:, -1:]  # sequential, index order
-        order = torch.sort(torch.where(keep, x, float("-inf")), dim=1, descending=True, stable=True).indices
-        ws = w.gather(1, order)
-        before = torch.cat([torch.zeros_like(ws[:, :1]), ws.cumsum(dim=1)[:, :-1]], dim=1)  # mass before, in order
-        nucleus = (before <= total * top_p) & keep.gather(1, order)
-        keep = torch.zeros_like(keep).scatter(1, order, nucleus)
+        keep = keep & nucleus(x, w, keep, top_p)
         w = torch.where(keep, w, torch.zeros((), dtype=torch.float64))
     cum = w.cumsum(dim=1)
     u = torch.tensor([uniform(seed, offset, r) for r in range(rows)], dtype=torch.float64, device=x.device)

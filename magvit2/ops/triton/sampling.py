@@ -10,11 +10,10 @@ phases and owns the scratch layout. Per row:
 2. top-k: the k-th largest x by radix select over an order key (4 passes of 8-bit histograms, no sort);
 3. weights w = exp_det(x - max) in float32 (float64 from here on), kept = w > 0 (and x >= the k-th largest),
    compacted into (index, w) lists in index order with an in-block cumsum;
-4. top-p: the nucleus is a prefix of the kept tokens by x descending (ties: lower index first). The kernel takes
-   the kept tokens in batches of BATCH in that order (radix select of the batch's lower bound on a 63-bit key
-   (x key, position); inside the batch each token's rank is the count of larger keys, no sort network), runs the
-   reference's sequential "mass before" through the batch and stops at the first batch that crosses p * total;
-   tokens below the cut get weight 0;
+4. top-p: the nucleus is a prefix of the kept tokens by x descending (ties: lower index first), cut where the
+   mass before a token (summed in index order) passes p * total. Each kept token has a 63-bit key (x key,
+   position), and a bisection over that key, each step one exact masked pass over the kept list, finds the
+   cutoff: no sort and no batch, the same passes for any nucleus width; tokens below the cut get weight 0;
 5. draw: sequential prefix sums of the kept weights, the first one above u * total (else the last kept token).
 
 All sequential float64 sums go through `seq_prefix` (exact, parallel within a window; see sampling_rules.py).
@@ -58,7 +57,6 @@ def _sample_kernel(
     kept_idx,
     kept_w,
     kept_key,
-    batch,
     V,
     cfg_scale,
     temperature,
@@ -74,8 +72,6 @@ def _sample_kernel(
     TOP_K: tl.constexpr,
     TOP_P: tl.constexpr,
     BLOCK: tl.constexpr,
-    BATCH: tl.constexpr,
-    RANK_CHUNK: tl.constexpr,
 ):
     row = tl.program_id(0)
     r64 = row.to(tl.int64)
@@ -145,7 +141,7 @@ def _sample_kernel(
         # 4. top-p: weights outside the nucleus become 0
         if TOP_P:
             top_p = join_u64(top_p_hi, top_p_lo).to(tl.float64, bitcast=True)
-            nucleus(kept_key + r64 * V, kept_w, nk, top_p, batch + r64 * 2 * BATCH, BLOCK, BATCH, RANK_CHUNK)
+            nucleus(kept_key + r64 * V, kept_w, nk, top_p, BLOCK)
         # 5. draw
         u = uniform(join_u64(seed_hi, seed_lo), join_u64(offset_hi, offset_lo), row)
         token = draw(kept_idx, kept_w, nk, u, BLOCK)
@@ -180,12 +176,11 @@ def sample_tokens(
     offset: int,
     *,
     block: int | None = None,
-    batch: int | None = None,
 ) -> torch.Tensor:
     """(R, V) logits (and optional (R, V) unconditional logits) -> (R,) int64, as the reference, any strides.
 
-    block: tokens per vector step (power of 2 >= 16); batch: top-p batch size (power of 2 >= 16, <= block).
-    Defaults: 1024 / 256 compiled, 4096 / 1024 interpreted (few, wide steps are what the interpreter runs fast).
+    block: tokens per vector step (power of 2 >= 16). Default: 1024 compiled, 4096 interpreted (few, wide steps are
+    what the interpreter runs fast).
     """
     check_device("sample_tokens", logits)
     if logits.dim() != 2 or not logits.is_floating_point() or logits.shape[1] < 1:
@@ -206,13 +201,11 @@ def sample_tokens(
     use_k = not greedy and 0 < top_k < vocab
     use_p = not greedy and top_p < 1.0
     block = block or max(16, min(next_power_of_2(vocab), 4096 if INTERPRET else 1024))
-    batch_size = min(block, batch or (1024 if INTERPRET else 256))
     dev = logits.device
     xs = torch.empty((rows, vocab), dtype=torch.float32, device=dev)
     kept_idx = torch.empty((rows, vocab) if not greedy else (1,), dtype=torch.int32, device=dev)
     kept_w = torch.empty((rows, vocab) if not greedy else (1,), dtype=torch.float64, device=dev)
     kept_key = torch.empty((rows, vocab) if use_p else (1,), dtype=torch.int64, device=dev)
-    scratch = torch.empty((rows, 2 * batch_size) if use_p else (1,), dtype=torch.int64, device=dev)
     status = torch.empty(rows, dtype=torch.int32, device=dev)
     un = uncond if uncond is not None else logits
     top_p_bits = struct.unpack("<q", struct.pack("<d", float(top_p)))[0]
@@ -229,7 +222,6 @@ def sample_tokens(
         kept_idx,
         kept_w,
         kept_key,
-        scratch,
         vocab,
         _float32(cfg_scale),
         _float32(temperature),
@@ -242,8 +234,6 @@ def sample_tokens(
         TOP_K=use_k,
         TOP_P=use_p,
         BLOCK=block,
-        BATCH=batch_size,
-        RANK_CHUNK=batch_size if INTERPRET else 16,
         num_warps=4,
         enable_fp_fusion=False,
     )

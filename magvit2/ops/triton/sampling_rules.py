@@ -14,9 +14,11 @@ multiply-add is contracted into an FMA on the GPU):
   the reference compares floats (the two zeros tie there);
 - `seq_prefix`: the reference's sequential float64 sums (cumsum in a fixed order), computed exactly in parallel;
 - `radix_select`: the k-th largest x for top-k (kept: x >= it, ties included), no sort;
-- `nucleus`: top-p, visiting kept tokens by x descending (ties: lower index first, the stable sort's order) and
-  keeping each while the mass before it <= top_p x total, where total sums the kept weights in index order and the
-  mass before sums them in visiting order (both sequential);
+- `nucleus`: top-p, a mass threshold: kept token i stays iff M(i) <= top_p x total, where M(i) sums the weights of
+  the kept tokens before i in the order x descending (ties: lower index first) and total all kept weights, both
+  sequentially in index order. M never decreases along the order, so the cutoff is the smallest key K whose mass
+  above, S(K), is <= the limit: a bisection over the 63-bit key, one exact masked pass per step, whatever the
+  nucleus width;
 - `draw`: the first kept token (index order) whose running sum exceeds u x total, else the last kept token.
 
 Everything about which token comes out is here; sampling.py only runs the phases (and owns the scratch layout).
@@ -206,60 +208,43 @@ def radix_select(src, n, hi, count, FROM_X: tl.constexpr, NBITS: tl.constexpr, B
 
 
 @triton.jit
-def nucleus_cut(kept_key, kept_w, batch, nk, limit, BLOCK: tl.constexpr, BATCH: tl.constexpr, RANK_CHUNK: tl.constexpr):
-    """Smallest key of the nucleus: visit kept tokens by key descending, keep while the mass before <= limit."""
+def mass_above(kept_key, kept_w, nk, bound, BLOCK: tl.constexpr):
+    """S(bound): the sequential float64 sum, in index order, of the kept weights whose key is > bound."""
     offs = tl.arange(0, BLOCK)
-    idx = tl.arange(0, BATCH)
-    hi = tl.full([], NO_BOUND, tl.int64)
-    cut = hi
-    before = tl.zeros([], tl.float64)
-    left = nk
-    go = (nk > 0).to(tl.int32)
-    while go != 0:
-        low = radix_select(kept_key, nk, hi, tl.minimum(left, BATCH), False, 64, BLOCK)
-        tl.debug_barrier()  # every thread has read the previous batch
-        nb = 0
-        for c0 in range(0, nk, BLOCK):
-            j = c0 + offs
-            v = tl.load(kept_key + j, mask=j < nk, other=-1)
-            sel = (j < nk) & (v >= low) & (v < hi)
-            tl.store(batch + nb + tl.cumsum(sel.to(tl.int32), 0) - 1, v, mask=sel)
-            nb += tl.sum(sel.to(tl.int32))
-        tl.debug_barrier()
-        # order the batch without a sort network: rank = number of larger keys, then scatter to that slot
-        keys = tl.load(batch + idx, mask=idx < nb, other=-1)
-        rank = tl.zeros([BATCH], tl.int32)
-        for i0 in range(0, nb, RANK_CHUNK):
-            i = i0 + tl.arange(0, RANK_CHUNK)
-            other = tl.load(batch + i, mask=i < nb, other=-1)
-            rank += tl.sum((other[:, None] > keys[None, :]).to(tl.int32), axis=0)
-        tl.store(batch + BATCH + rank, keys, mask=idx < nb)
-        tl.debug_barrier()
-        keys = tl.load(batch + BATCH + idx, mask=idx < nb, other=-1)
-        w = tl.load(kept_w + (POS_MAX - (keys & POS_MAX)), mask=keys >= 0, other=0.0)
-        p, after = seq_prefix(w, before, BATCH)
-        # the batch's token j is visited with mass `before` (j = 0) or p[j - 1] before it; p never decreases
-        n_in = (before <= limit).to(tl.int32) * (1 + tl.sum(((p <= limit) & (idx < nb - 1)).to(tl.int32)))
-        cut = tl.where(n_in > 0, tl.sum(tl.where(idx == n_in - 1, keys, 0)), cut)
-        before = after
-        left -= nb
-        hi = low
-        go = ((n_in == nb) & (left > 0)).to(tl.int32)
-    return cut
+    s = tl.zeros([], tl.float64)
+    for c0 in range(0, nk, BLOCK):
+        j = c0 + offs
+        key = tl.load(kept_key + j, mask=j < nk, other=-1)
+        _, s = seq_prefix(tl.load(kept_w + j, mask=(j < nk) & (key > bound), other=0.0), s, BLOCK)
+    return s
 
 
 @triton.jit
-def nucleus(kept_key, kept_w, nk, top_p, batch, BLOCK: tl.constexpr, BATCH: tl.constexpr, RANK_CHUNK: tl.constexpr):
-    """top-p: zero the weights of the kept tokens outside the nucleus (limit = top_p x the index-order total)."""
+def nucleus(kept_key, kept_w, nk, top_p, BLOCK: tl.constexpr):
+    """top-p: zero the weights of the kept tokens outside the nucleus (limit = top_p x the index-order total).
+
+    The cutoff is the smallest key K with S(K) <= limit (S never grows with K, and the smallest such K is a kept
+    token's key: S changes only there); bisection between the smallest and the largest kept key, where S is 0.
+    """
     offs = tl.arange(0, BLOCK)
     total = tl.zeros([], tl.float64)
+    lo = tl.full([], NO_BOUND, tl.int64)
+    hi = tl.full([], -1, tl.int64)
     for c0 in range(0, nk, BLOCK):
         j = c0 + offs
         _, total = seq_prefix(tl.load(kept_w + j, mask=j < nk, other=0.0), total, BLOCK)
-    cut = nucleus_cut(kept_key, kept_w, batch, nk, total * top_p, BLOCK, BATCH, RANK_CHUNK)
+        key = tl.load(kept_key + j, mask=j < nk, other=-1)
+        lo = tl.minimum(lo, tl.min(tl.where(j < nk, key, NO_BOUND)))
+        hi = tl.maximum(hi, tl.max(key))
+    limit = total * top_p
+    while lo < hi:  # invariant: S(hi) <= limit, and S(lo - 1) > limit or lo is the smallest kept key
+        mid = lo + (hi - lo) // 2
+        inside = mass_above(kept_key, kept_w, nk, mid, BLOCK) <= limit
+        hi = tl.where(inside, mid, hi)
+        lo = tl.where(inside, lo, mid + 1)
     for c0 in range(0, nk, BLOCK):
         j = c0 + offs
-        outside = (j < nk) & (tl.load(kept_key + j, mask=j < nk, other=0) < cut)
+        outside = (j < nk) & (tl.load(kept_key + j, mask=j < nk, other=0) < lo)
         tl.store(kept_w + j, 0.0, mask=outside)
     tl.debug_barrier()
 

@@ -1,5 +1,6 @@
 """Triton sample_tokens: tokens identical to the plain-torch reference; its determinism rules checked one by one."""
 
+import math
 import random
 
 import pytest
@@ -125,12 +126,12 @@ def test_tokens_identical_vocab4096(device):
     _check(logits, uncond.to(device), 1.9, settings=[dict(top_p=0.9, temperature=1.1)])
 
 
-def test_nucleus_across_batches(device):
-    """Flat logits with ties: the nucleus spans many batches of 16; tiles small enough for several vector steps."""
+def test_nucleus_across_vector_steps(device):
+    """Flat logits with ties: the nucleus spans many vector steps of 32 and tied keys sit at the cutoff."""
     flat = torch.zeros(1, 100)
     flat[:, ::7] = 0.5
     flat[:, 50:] -= 1.0
-    _check(flat.to(device), settings=[dict(top_p=0.9), dict(top_p=0.5, top_k=60)], block=32, batch=16)
+    _check(flat.to(device), settings=[dict(top_p=0.9), dict(top_p=0.5, top_k=60)], block=32)
 
 
 def test_ties_infinities_and_signed_zeros(device):
@@ -199,3 +200,19 @@ def test_weights_at_the_exp_cutoff(device):
     logits[3, 500:] = torch.linspace(-87.5, -86.5, 501)
     settings = [dict(), dict(top_k=50), dict(top_p=0.9), dict(top_k=300, top_p=0.8), dict(top_p=1 - 1e-15)]
     _check(logits.to(device), settings=settings)
+
+
+def test_nucleus_cut_at_and_within_rounding_of_the_limit(device):
+    # M == p * Z exactly keeps the token (four equal weights, p = 1/2, signed zeros as one value); weights whose
+    # index-order sum differs from any other order's by ~9e-16 right at the cut (tests/ops/test_sampling.py)
+    signed = torch.tensor([[0.0, 0.0, 0.0, 0.0], [-0.0, 0.0, -0.0, 0.0], [0.0, -0.0, 0.0, -0.0]])
+    _check(signed.to(device), settings=[dict(top_p=0.5), dict(top_p=0.5, top_k=3)])
+    row = torch.full((1, 1002), -60 * math.log(2.0))
+    row[0, 0], row[0, 1] = 0.0, -math.log(2.0)
+    _check(row.repeat(2, 1).to(device), settings=[dict(top_p=1 - 1e-16)], block=256)
+
+
+def test_wide_and_narrow_nuclei(device):
+    g = torch.Generator().manual_seed(21)
+    logits = torch.randn(3, 512, generator=g) * torch.tensor([[0.1], [1.0], [6.0]])
+    _check(logits.to(device), settings=[dict(top_p=0.99), dict(top_p=0.5), dict(top_k=300, top_p=0.9)], block=128)
