@@ -53,6 +53,21 @@ class EMA(nn.Module):
         torch._foreach_lerp_(shadows, params, 1.0 - decay)  # one fused pass over all tensors
 
     @torch.no_grad()
+    def load_shadows(self, weights: dict[str, torch.Tensor]) -> None:
+        """Set the shadows from `weights` keyed by parameter name (e.g. inflated EMA weights); every shadow must
+        be there with its shape."""
+        missing = [n for n in self.names if n not in weights]
+        if missing:
+            raise ValueError(f"EMA: no weights for {missing[:5]}")
+        for name, flat in self.names.items():
+            shadow = getattr(self, flat)
+            if tuple(weights[name].shape) != tuple(shadow.shape):
+                raise ValueError(
+                    f"EMA: {name} has shape {tuple(weights[name].shape)}, the shadow {tuple(shadow.shape)}"
+                )
+            shadow.copy_(weights[name])
+
+    @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         params, shadows = self._params(model)
         torch._foreach_copy_(params, shadows)

@@ -79,12 +79,27 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class InitConfig:
+    """Initialisation of a video tokenizer run (the official `image_pretrain_path`): an image tokenizer checkpoint
+    (official .ckpt or ours) whose weights are inflated into the video model at the start of a fresh run (not on
+    resume); its EMA weights (when the file has them) become the EMA's starting point, as the official inflates
+    `model_ema` too."""
+
+    inflate_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.inflate_from is not None and not isinstance(self.inflate_from, str):
+            raise ValueError(f"init.inflate_from must be a path or null, got {self.inflate_from!r}")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: dict[str, Any]  # {"preset": name, **TokenizerConfig overrides}
     loss: LossConfig
     optim: OptimConfig
     data: DataConfig
     trainer: TrainerConfig
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
     name: str = "tokenizer"
     kind: str = "tokenizer"  # or "video-tokenizer"
 
@@ -99,7 +114,7 @@ class TrainConfig:
         return plain(dataclasses.asdict(self))
 
 
-SECTIONS = {"loss": LossConfig, "optim": OptimConfig, "data": DataConfig, "trainer": TrainerConfig}
+SECTIONS = {"loss": LossConfig, "optim": OptimConfig, "data": DataConfig, "trainer": TrainerConfig, "init": InitConfig}
 VIDEO_KIND = "video-tokenizer"
 
 
@@ -118,6 +133,8 @@ def config_from_dict(values: dict[str, Any], kind: str | None = None) -> TrainCo
         config.tokenizer_config()
     except (TypeError, ValueError) as e:
         raise ValueError(f"model: {e}") from None
+    if config.init.inflate_from is not None and not config.video:
+        raise ValueError("init.inflate_from: inflation initialises a video tokenizer (magvit2 train video-tokenizer)")
     if config.optim.schedule == "cosine" and config.trainer.max_steps == -1:
         raise ValueError("optim.schedule 'cosine' needs trainer.max_steps (the step the cosine ends at)")
     return config

@@ -16,6 +16,7 @@ The video tokenizer (config kind "video-tokenizer") trains here too: a VideoToke
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning as L
@@ -53,6 +54,25 @@ class TokenizerModule(L.LightningModule):
         self.model_ema = EMA(tokenizer, decay=config.optim.ema_decay, warmup=config.optim.ema_warmup)
         self.automatic_optimization = False
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_skips)
+
+    def on_fit_start(self) -> None:
+        """A fresh video run with init.inflate_from: the image checkpoint's raw weights inflated into the model, its
+        EMA weights (or the raw ones when it has none) into the EMA. After a resume's restore, so a resumed run keeps
+        its own weights."""
+        path = self.config.init.inflate_from
+        if path is None or self.trainer.ckpt_path is not None:
+            return
+        from magvit2.checkpoints.image import load_official
+        from magvit2.checkpoints.video import inflate_from_checkpoint
+        from magvit2.nn.video.tokenizer import inflate_state_dict
+
+        inflate_from_checkpoint(self.tokenizer, path, use_ema=False)
+        own = dict(self.tokenizer.named_parameters())
+        loaded = None if os.path.isdir(path) else load_official(path, use_ema=True)
+        if loaded is not None and loaded.source == "ema":
+            self.model_ema.load_shadows(inflate_state_dict(loaded.state_dict, own))
+        else:  # no EMA in the file (or our format): the EMA starts from the inflated weights
+            self.model_ema.load_shadows(own)
 
     @property
     def batch_step(self) -> int:

@@ -130,3 +130,50 @@ def test_sigkill_mid_training_resumes_the_video_tokenizer_exactly(clips, tmp_pat
     assert a_sd.keys() == b_sd.keys() and all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)  # incl. EMA, LeCAM
     for a_opt, b_opt in zip(a_opts, b_opts, strict=True):
         assert all(torch.equal(a_opt[i][m], b_opt[i][m]) for i in a_opt for m in ("exp_avg", "exp_avg_sq"))
+
+
+def test_a_fresh_run_inflates_an_image_checkpoint_raw_and_ema(clips, tmp_path):
+    """init.inflate_from: the image checkpoint's raw weights into the model, its EMA weights into the EMA (after one
+    step at a negligible lr and EMA decay 0.999 both are still where the inflation put them)."""
+    from magvit2 import Tokenizer, TokenizerConfig
+    from magvit2.nn.video.tokenizer import inflate_state_dict
+    from tests.checkpoints.test_image import lightning_checkpoint
+
+    config = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)  # the widths of the video tiny preset
+    torch.manual_seed(7)
+    raw, ema = Tokenizer(config), Tokenizer(config)
+    torch.save(lightning_checkpoint(raw, ema), tmp_path / "image.ckpt")
+    out = tmp_path / "run"
+    extra = ["--set", f"init.inflate_from={tmp_path / 'image.ckpt'}", "--set", "optim.lr=1e-12",
+             "--set", "optim.ema_warmup=false", "--set", "optim.warmup_steps=0"]  # fmt: skip
+    done = subprocess.run(_argv(clips, out, 1, 1, extra), capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sd = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    shapes = {k: v for k, v in VideoTokenizer.from_preset("tiny").state_dict().items()}
+    want_raw, want_ema = inflate_state_dict(raw.state_dict(), shapes), inflate_state_dict(ema.state_dict(), shapes)
+    key = "decoder.conv_out.conv_1.weight"
+    torch.testing.assert_close(sd[key], want_raw[key], rtol=0, atol=1e-8)
+    shadow = sd["model_ema." + key.replace(".", "")]
+    torch.testing.assert_close(shadow, 0.999 * want_ema[key] + 0.001 * want_raw[key], rtol=0, atol=1e-6)
+    assert not torch.allclose(shadow, want_raw[key], atol=1e-4)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "train",
+            "tokenizer",
+            "--config",
+            "tiny",
+            "--data",
+            str(clips),
+            "--out",
+            str(tmp_path / "img"),
+            "--set",
+            f"init.inflate_from={tmp_path / 'image.ckpt'}",
+            "--no-progress",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "init.inflate_from: inflation initialises a video tokenizer" in bad.stderr
