@@ -10,9 +10,9 @@ With N(0, 0.05) heads they are nearly uniform (8 nats, nucleus about 3400), wher
 alike: on 8 x 4096 logits of std 1 (nucleus about 3200) 8.1 ms ours vs 9.3 ms official, of std 4 (about 110)
 1.6 ms vs 7.4 ms (1 thread, fastest of 60).
 
-Measured (MAGVIT2_BENCH_FULL=1, 2-core AMD EPYC, shared with other jobs, one run): 1 thread: ours 1,163 tokens/s,
-official loop 243, ratio 4.79 (compiled static step 613 tokens/s, 2.52); 2 threads: ours 1,746, official 333, ratio
-5.25. Where ours goes, per token position at 1 thread (~11 ms): the 26 block and head matmuls (181 MFLOP) ~6 ms in
+Measured (MAGVIT2_BENCH_FULL=1, 2-core AMD EPYC, shared with other jobs, one run): 1 thread: ours 1,456 tokens/s,
+official loop 325, ratio 4.48 (compiled static step 702 tokens/s, 2.16); 2 threads: ours 1,844, official 384, ratio
+4.81. Where ours goes, per token position at 1 thread (~11 ms): the 26 block and head matmuls (181 MFLOP) ~6 ms in
 the fused kernels' tiles at ~30 GFLOP/s (this core's peak is ~33, MKL's sgemm reached 16-24 on these 16-row
 shapes), the attention's reads of the KV-cache prefix ~1.5 ms (16 MB a position at mid-sequence), sampling ~0.4 ms.
 The official loop spends ~6 ms a position on copies (repeat_interleave of every cache, fresh 264-slot intra caches)
