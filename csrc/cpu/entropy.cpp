@@ -283,9 +283,127 @@ at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at:
   return grad;
 }
 
+// --- the tiled path: K up to 32 without the 2^K average ------------------------------------------------------------
+//
+// M = P_A^T P_B / N is walked in tiles (never stored whole): each tile is one BLAS call, then one pass turns it into
+// its share of -sum M log(M + eps) (accumulated in double) and, when a gradient is wanted, into D = dH/dM / N in
+// place, which two more BLAS calls fold into dH/dP_A = P_B D^T and dH/dP_B = P_A D. The forward thus computes the
+// codebook entropy's gradient w.r.t. z (N x K, the backward only scales it): three GEMMs of N x 2^K multiply-adds in
+// all, against four for a flash-attention style backward that recomputes the tiles. Memory: P_A, P_B and their
+// gradients (N x 2^ceil(K/2) each) plus one tile.
+
+namespace {
+
+// Edge of the square tiles of M: 1024 x 1024 floats (4 MiB) gives each GEMM 2^20 x N multiply-adds, large enough for
+// BLAS to run near its peak on both threads, while the tile stays small next to P_A, P_B at K >= 22.
+constexpr int64_t kTileEdge = 1024;
+
+// One tile m (rows x cols, row stride ld) of N x M: returns its -sum v log(v + eps) with v = m inv_n, and when
+// `grad` overwrites m with D = -(log(v + eps) + v / (v + eps)) inv_n (eps = 0: v clamped to the smallest normal in
+// the log, as codebook_entropy_grad does).
+template <typename T>
+double tile_entropy(T* m, int64_t rows, int64_t cols, int64_t ld, T inv_n, T eps, bool grad) {
+  const T tiny = std::numeric_limits<T>::min();
+  return at::parallel_reduce(
+      0, rows, 16, 0.0,
+      [&](int64_t begin, int64_t end, double acc) {
+        for (int64_t r = begin; r < end; ++r) {
+          T* row = m + r * ld;
+          double row_sum = 0.0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const T v = row[c] * inv_n;
+            const T log_v = eps == T(0) ? std::log(std::max(v, tiny)) : std::log(v + eps);
+            row_sum += static_cast<double>(v * log_v);  // 0 at v = 0: the log is finite there
+            if (grad) {
+              row[c] = -(log_v + (eps == T(0) ? T(1) : v / (v + eps))) * inv_n;
+            }
+          }
+          acc -= row_sum;
+        }
+        return acc;
+      },
+      std::plus<double>());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lfq_entropy_tiled_cpu(const at::Tensor& z, double inv_temperature,
+                                                                     double eps, bool need_grad, int64_t tile) {
+  check_entropy_tiled_args(z, inv_temperature, eps, tile);
+  const int64_t n = z.size(0), k = z.size(1);
+  const int64_t ka = (k + 1) / 2, kb = k / 2, wa = int64_t(1) << ka, wb = int64_t(1) << kb;
+  const at::TensorOptions opts = z.options().dtype(opmath(z.scalar_type()));
+  const int64_t edge = tile > 0 ? tile : kTileEdge, ta = std::min(wa, edge), tb = std::min(wb, edge);
+  at::Tensor grad = at::zeros({need_grad ? n : 0, k}, opts);
+  if (n == 0) {
+    return {at::zeros({}, opts), at::zeros({}, opts), grad};
+  }
+  // (N, K) sigmoids, (N,) entropies, P_A (N, 2^Ka), P_B (N, 2^Kb): 64 MiB at K = 24, N = 2048 (32 MiB at K = 32,
+  // N = 64); the gradient tables double it.
+  at::Tensor q0 = at::empty({n, k}, opts), q1 = at::empty({n, k}, opts), h = at::empty({n}, opts);
+  at::Tensor pa = at::empty({n, wa}, opts), pb = at::empty({n, wb}, opts);
+  at::Tensor ga, gb;
+  if (need_grad) {
+    ga = at::zeros({n, wa}, opts);
+    gb = at::zeros({n, wb}, opts);
+  }
+  at::Tensor m = at::empty({ta, tb}, opts);
+  const double inv_n = 1.0 / static_cast<double>(n);
+  double total = 0.0;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "lfq_entropy_tiled_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = static_cast<acc_t>(4.0 * inv_temperature);
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const int64_t s0 = z.stride(0), s1 = z.stride(1);
+    acc_t* q0p = q0.mutable_data_ptr<acc_t>();
+    acc_t* q1p = q1.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, n, kGrainRows, [&](int64_t begin, int64_t end) {
+      build_rows<scalar_t, acc_t>(zp, s0, s1, 0, begin, end, k, ka, scale, q0p, q1p, pa.mutable_data_ptr<acc_t>(),
+                                  pb.mutable_data_ptr<acc_t>(), h.mutable_data_ptr<acc_t>());
+    });
+    for (int64_t a0 = 0; a0 < wa; a0 += ta) {
+      const int64_t rows = std::min(ta, wa - a0);
+      const at::Tensor pa_tile = pa.narrow(1, a0, rows);  // (N, rows), row stride 2^Ka: BLAS reads it in place
+      for (int64_t b0 = 0; b0 < wb; b0 += tb) {
+        const int64_t cols = std::min(tb, wb - b0);
+        const at::Tensor pb_tile = pb.narrow(1, b0, cols);
+        at::Tensor mt = m.narrow(0, 0, rows).narrow(1, 0, cols);
+        at::mm_out(mt, pa_tile.t(), pb_tile);  // (rows, N) @ (N, cols) = N x M tile
+        total += tile_entropy<acc_t>(mt.mutable_data_ptr<acc_t>(), rows, cols, tb, static_cast<acc_t>(inv_n),
+                                     static_cast<acc_t>(eps), need_grad);
+        if (need_grad) {
+          ga.narrow(1, a0, rows).addmm_(pb_tile, mt.t());  // (N, cols) @ (cols, rows)
+          gb.narrow(1, b0, cols).addmm_(pa_tile, mt);      // (N, rows) @ (rows, cols)
+        }
+      }
+    }
+    if (need_grad) {
+      acc_t* gp = grad.mutable_data_ptr<acc_t>();
+      at::parallel_for(0, n, kGrainRows, [&](int64_t begin, int64_t end) {
+        acc_t d1[kMaxTiledEntropyBits];  // dH/dlog q_i(1); dH/dlog q_i(0) = (group total) - d1[i]
+        for (int64_t row = begin; row < end; ++row) {
+          const acc_t total_a = weighted_bit_sums(ga.mutable_data_ptr<acc_t>() + row * wa,
+                                                  pa.const_data_ptr<acc_t>() + row * wa, ka, d1);
+          const acc_t total_b = weighted_bit_sums(gb.mutable_data_ptr<acc_t>() + row * wb,
+                                                  pb.const_data_ptr<acc_t>() + row * wb, kb, d1 + ka);
+          for (int64_t i = 0; i < k; ++i) {
+            const acc_t p1 = q1p[row * k + i], p0 = q0p[row * k + i];
+            const acc_t one = d1[i], zero = (i < ka ? total_a : total_b) - d1[i];
+            gp[row * k + i] = scale * (one * p0 - zero * p1);
+          }
+        }
+      });
+    }
+  });
+  at::Tensor per_sample = h.sum(0, /*keepdim=*/false, at::kDouble).mul_(inv_n).to(opts.dtype());
+  return {per_sample, at::scalar_tensor(total, opts), grad};
+}
+
 TORCH_LIBRARY_IMPL(magvit2, CPU, m) {
   m.impl("lfq_entropy", &lfq_entropy_cpu);
   m.impl("lfq_entropy_backward", &lfq_entropy_backward_cpu);
+  m.impl("lfq_entropy_tiled", &lfq_entropy_tiled_cpu);
 }
 
 }  // namespace magvit2

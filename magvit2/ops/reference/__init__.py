@@ -14,8 +14,10 @@ from magvit2.ops.reference.lfq import (
     lfq_entropy,
     lfq_entropy_backward,
     lfq_entropy_naive,
+    lfq_entropy_tiled,
     lfq_quantize,
     opmath_dtype,
+    per_sample_entropy_grad,
     split_bits,
 )
 from magvit2.ops.reference.sampling import exp_det, sample_tokens, uniform
@@ -33,8 +35,10 @@ __all__ = [
     "lfq_entropy",
     "lfq_entropy_backward",
     "lfq_entropy_naive",
+    "lfq_entropy_tiled",
     "lfq_quantize",
     "opmath_dtype",
+    "per_sample_entropy_grad",
     "sample_tokens",
     "split_bits",
     "uniform",
