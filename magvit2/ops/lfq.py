@@ -108,7 +108,7 @@ def lfq_entropy(
     avg the mean of p over the tokens. eps = 1e-5 is the official objective; eps = 0 the true entropy. The N x 2^K
     distribution is never built. Differentiable w.r.t. z. K <= 20: the (2^Ka, 2^Kb) average is built whole, memory
     O(N 2^ceil(K/2) + 2^K). K > 20: the tiled path (lfq_entropy_tiled), which never holds the average: memory
-    O(N 2^ceil(K/2)) plus one 1024 x 1024 tile; when z requires grad its forward also computes the codebook
+    O(N 2^ceil(K/2)) plus one 2048 x 2048 tile; when z requires grad its forward also computes the codebook
     term's gradient (three GEMMs of N 2^K multiply-adds in all, the backward only scales it).
 
     group: a process group (or `torch.distributed.group.WORLD`) to take the codebook entropy of the concatenated

@@ -6,6 +6,7 @@ Tests and benchmarks import these to check and measure the compiled backends (C+
 from magvit2.ops.reference.ar_decode import decode_block, decode_logits
 from magvit2.ops.reference.lfq import (
     binary_entropy_from_logits,
+    bit_grad,
     bit_group_probs,
     codebook_entropy,
     codebook_entropy_grad,
@@ -24,6 +25,7 @@ from magvit2.ops.reference.sampling import exp_det, sample_tokens, uniform
 
 __all__ = [
     "binary_entropy_from_logits",
+    "bit_grad",
     "bit_group_probs",
     "codebook_entropy",
     "codebook_entropy_grad",

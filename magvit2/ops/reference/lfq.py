@@ -143,7 +143,7 @@ def per_sample_entropy_grad(z: torch.Tensor, inv_temperature: float) -> torch.Te
     return torch.where(w == 0, torch.zeros_like(w), -x * w) * (scale / max(n, 1))
 
 
-TILE_EDGE = 1024  # the kernels' default tile edge of M (tile = 0)
+TILE_EDGE = 2048  # the C++ kernel's default tile edge of M (tile = 0)
 
 
 def lfq_entropy_tiled(
@@ -178,11 +178,11 @@ def lfq_entropy_tiled(
                 g_b[:, b0 : b0 + tb] += prob_a[:, a0 : a0 + ta] @ d
     if not need_grad:
         return per_sample.to(dtype), total.to(dtype), x.new_zeros((0, k))
-    grad = 4.0 * inv_temperature * _bit_grad(x, g_a * prob_a, g_b * prob_b)
+    grad = 4.0 * inv_temperature * bit_grad(x, g_a * prob_a, g_b * prob_b)
     return per_sample.to(dtype), total.to(dtype), grad
 
 
-def _bit_grad(x: torch.Tensor, g_a: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
+def bit_grad(x: torch.Tensor, g_a: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
     """dL/dlog P_A (N, 2^Ka), dL/dlog P_B (N, 2^Kb) -> dL/dx (N, K) through the bit probabilities of x."""
     ka, kb = g_a.shape[1].bit_length() - 1, g_b.shape[1].bit_length() - 1
     bits_a = index_to_bits(ka, device=x.device, dtype=x.dtype)
