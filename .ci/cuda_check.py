@@ -11,7 +11,10 @@ import torch
 from magvit2.ops import backends
 from magvit2.ops._library import OPS, ops_with_kernels, qualname
 
-CUDA_OPS = ops_with_kernels("cuda")
+# Ops whose CUDA kernel is Triton's alone (no csrc/cuda kernel): the backend table hands them from cuda_ext to triton
+# (or the reference where triton cannot run), op by op. lfq_entropy_tiled: magvit2/ops/triton/entropy_tiled.py.
+TRITON_ONLY = {"lfq_entropy_tiled"}
+CUDA_OPS = tuple(op for op in ops_with_kernels("cuda") if op not in TRITON_ONLY)
 
 assert torch.version.cuda, f"torch {torch.__version__} has no CUDA"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), magvit2._C_cuda: {magvit2._C_cuda.__file__}")
@@ -20,12 +23,15 @@ for op in OPS:
     keys = ("CUDA", "CPU") if op in CUDA_OPS else ("CPU",)
     for key in keys:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key), f"{qualname(op)}: no {key} kernel"
-    print(f"  {qualname(op):<30} CUDA kernel: {'yes' if op in CUDA_OPS else 'none (CPU op)'}")
+    kind = "yes" if op in CUDA_OPS else "triton only" if op in TRITON_ONLY else "none (CPU op)"
+    print(f"  {qualname(op):<30} CUDA kernel: {kind}")
 
 choice = backends.table()["cuda"]
 assert choice.backend == "cuda_ext", choice
 for op in CUDA_OPS:
     assert backends.serving(op, "cuda") == "cuda_ext", op
+for op in TRITON_ONLY:
+    assert backends.serving(op, "cuda") in ("triton", "reference"), (op, backends.serving(op, "cuda"))
 
 magvit2_cli = shutil.which("magvit2", path=os.path.dirname(sys.executable))
 info = subprocess.run([magvit2_cli, "info"], capture_output=True, text=True, check=True).stdout

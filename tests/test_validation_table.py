@@ -26,7 +26,7 @@ TABLE = [
     ("quantize int", lambda: ops.lfq_quantize(torch.ones(2, 3, **LONG)), r"z must be float16, bfloat16, float32 or float64"),
     ("quantize split", lambda: ops.lfq_quantize(torch.randn(2, 3), [2, 2]), r"factorized_bits \[2, 2\] sum to 4, but z has K = 3"),
     ("entropy temperature", lambda: ops.lfq_entropy(torch.randn(2, 3), inv_temperature=0.0), r"inv_temperature must be a finite number > 0"),
-    ("entropy K", lambda: ops.lfq_entropy(torch.randn(2, 40)), r"K = 40 channels .* K <= 24 is supported"),
+    ("entropy K", lambda: ops.lfq_entropy(torch.randn(2, 40)), r"K = 40 channels .* K <= 32 is supported"),
     ("sample 1-d", lambda: ops.sample_tokens(torch.randn(5)), r"logits must be a floating \(rows, vocab\) tensor"),
     ("sample uncond", lambda: ops.sample_tokens(torch.randn(2, 5), uncond=torch.randn(2, 4)), r"uncond must match logits"),
     ("sample top_p", lambda: ops.sample_tokens(torch.randn(2, 5), top_p=0.0), r"top_p must be in \(0, 1\]"),

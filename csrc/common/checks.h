@@ -21,7 +21,8 @@
 namespace magvit2 {
 
 constexpr int64_t kMaxIndexBits = 62;
-constexpr int64_t kMaxEntropyBits = 24;
+constexpr int64_t kMaxEntropyBits = 24;       // lfq_entropy returns the whole 2^K average
+constexpr int64_t kMaxTiledEntropyBits = 32;  // lfq_entropy_tiled holds O(N 2^ceil(K/2)) and one tile at a time
 
 // The accumulation type of the entropy kernels: float64 for float64 input, float32 otherwise.
 inline at::ScalarType opmath(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -38,13 +39,20 @@ inline void check_group_bits(at::IntArrayRef group_bits, int64_t k) {
   TORCH_CHECK(total == k, "lfq_quantize: group_bits ", group_bits, " sum to ", total, ", but z has K = ", k);
 }
 
-inline void check_entropy_args(const char* fn, const at::Tensor& z, double inv_temperature, double eps) {
+inline void check_entropy_args(const char* fn, const at::Tensor& z, double inv_temperature, double eps,
+                               int64_t max_bits = kMaxEntropyBits) {
   MAGVIT2_CHECK_LATENTS(fn, z);
-  TORCH_CHECK(z.size(1) <= kMaxEntropyBits, fn, ": K = ", z.size(1), " means a 2^K-entry codebook average; K <= ",
-              kMaxEntropyBits, " is supported");
+  TORCH_CHECK(z.size(1) <= max_bits, fn, ": K = ", z.size(1), " means a 2^K-entry codebook average; K <= ",
+              max_bits, " is supported");
   TORCH_CHECK(std::isfinite(inv_temperature) && inv_temperature > 0, fn,
               ": inv_temperature must be a finite number > 0, got ", inv_temperature);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, fn, ": eps must be a finite number >= 0, got ", eps);
+}
+
+// lfq_entropy_tiled: K <= 32 and a tile edge of 0 (automatic) or >= 1.
+inline void check_entropy_tiled_args(const at::Tensor& z, double inv_temperature, double eps, int64_t tile) {
+  check_entropy_args("lfq_entropy_tiled", z, inv_temperature, eps, kMaxTiledEntropyBits);
+  TORCH_CHECK(tile >= 0, "lfq_entropy_tiled: tile must be >= 0 (0 = automatic), got ", tile);
 }
 
 // lfq_entropy_backward: the saved codebook average (2^Ka, 2^Kb) in the accumulation type, scalar gradients.

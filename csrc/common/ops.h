@@ -18,6 +18,9 @@ at::Tensor lfq_entropy_backward_cpu(const at::Tensor& grad_per_sample, const at:
                                     const std::optional<at::Tensor>& grad_avg, const at::Tensor& z,
                                     const at::Tensor& avg, double inv_temperature, double eps);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lfq_entropy_tiled_cpu(const at::Tensor& z, double inv_temperature,
+                                                                     double eps, bool need_grad, int64_t tile);
+
 at::Tensor sample_tokens_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& uncond, double cfg_scale,
                              double temperature, int64_t top_k, double top_p, int64_t seed, int64_t offset);
 

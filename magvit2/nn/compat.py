@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magvit2 import ops
-from magvit2.ops.lfq import MAX_ENTROPY_BITS, all_reduce_sum
+from magvit2.ops.lfq import MAX_AVERAGE_BITS, all_reduce_sum
 
 LOG_CLAMP = 1e-5  # vector-quantize-pytorch's log(t.clamp(min=1e-5)) in both entropies
 
@@ -114,8 +114,8 @@ class LFQ(nn.Module):
         if not isinstance(codebook_size, int) or codebook_size < 2 or codebook_size & (codebook_size - 1):
             _fail(f"codebook_size must be a power of 2 >= 2, got {codebook_size!r}")
         codebook_dim = codebook_size.bit_length() - 1
-        if codebook_dim > MAX_ENTROPY_BITS:
-            _fail(f"codebook_size 2^{codebook_dim} is not supported: codebook_size <= 2^{MAX_ENTROPY_BITS} is")
+        if codebook_dim > MAX_AVERAGE_BITS:  # this module's losses take the whole 2^K average
+            _fail(f"codebook_size 2^{codebook_dim} is not supported: codebook_size <= 2^{MAX_AVERAGE_BITS} is")
         if not isinstance(num_codebooks, int) or num_codebooks < 1:
             _fail(f"num_codebooks must be an int >= 1, got {num_codebooks!r}")
         codebook_dims = codebook_dim * num_codebooks

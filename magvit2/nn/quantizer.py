@@ -22,6 +22,7 @@ from torch import nn
 
 from magvit2 import ops
 from magvit2.nn.checks import check_values
+from magvit2.ops.lfq import MAX_ENTROPY_BITS
 
 Indices = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -45,6 +46,10 @@ def _resolve_dims(dim: int | None, codebook_size: int | None) -> tuple[int, int]
     if not isinstance(codebook_size, int) or codebook_size < 2 or codebook_size & (codebook_size - 1):
         raise ValueError(f"LFQ: codebook_size must be a power of 2 >= 2, got {codebook_size!r}")
     bits = codebook_size.bit_length() - 1
+    if bits > MAX_ENTROPY_BITS:
+        raise ValueError(
+            f"LFQ: codebook_size must be <= 2^{MAX_ENTROPY_BITS} (the exact entropy's limit), got 2^{bits}"
+        )
     if dim is None:
         dim = bits
     if dim != bits:

@@ -70,6 +70,12 @@ def fake_lfq_entropy(z, inv_temperature, eps):
     return z.new_empty((), dtype=dtype), z.new_empty((), dtype=dtype), z.new_empty((2**ka, 2**kb), dtype=dtype)
 
 
+def fake_lfq_entropy_tiled(z, inv_temperature, eps, need_grad, tile):
+    dtype = reference.opmath_dtype(z.dtype)
+    rows = z.shape[0] if need_grad else 0
+    return z.new_empty((), dtype=dtype), z.new_empty((), dtype=dtype), z.new_empty((rows, z.shape[1]), dtype=dtype)
+
+
 def fake_lfq_entropy_backward(grad_per_sample, grad_codebook, grad_avg, z, avg, inv_temperature, eps):
     return z.new_empty(z.shape)
 
@@ -116,6 +122,17 @@ define(
     kernels=GPU_AND_CPU,
     reference_fn=reference.lfq_entropy_backward,
     fake=fake_lfq_entropy_backward,
+)
+# The tiled path (K <= 32): no average is returned. The forward walks M = P_A^T P_B / N tile by tile and, with
+# need_grad, also returns codebook_grad = d codebook / dz (N, K) (the backward only scales it: three GEMMs in all,
+# no tile recomputed); without need_grad it is an empty (0, K) tensor. tile: edge of M's tiles, 0 = automatic.
+define(
+    "lfq_entropy_tiled",
+    "lfq_entropy_tiled(Tensor z, float inv_temperature, float eps, bool need_grad, int tile) -> "
+    "(Tensor per_sample, Tensor codebook, Tensor codebook_grad)",
+    kernels=GPU_AND_CPU,
+    reference_fn=reference.lfq_entropy_tiled,
+    fake=fake_lfq_entropy_tiled,
 )
 # Fused factorized sampling: guidance, temperature, top-k, top-p and a counter-based draw; (R,) int64 tokens.
 define(
@@ -188,6 +205,26 @@ def entropy_backward_through(backward_op):
     return backward
 
 
+def tiled_setup(ctx, inputs, output):
+    z, inv_temperature, _, need_grad, _ = inputs
+    _, _, codebook_grad = output
+    ctx.save_for_backward(z, codebook_grad)
+    ctx.inv_temperature, ctx.need_grad = inv_temperature, need_grad
+
+
+def tiled_backward(ctx, grad_per_sample, grad_codebook, grad_codebook_grad):
+    z, codebook_grad = ctx.saved_tensors
+    grad = None
+    if grad_per_sample is not None:
+        grad = grad_per_sample * reference.per_sample_entropy_grad(z, ctx.inv_temperature)
+    if grad_codebook is not None:
+        if not ctx.need_grad:
+            raise RuntimeError("lfq_entropy_tiled: the codebook gradient needs the forward to run with need_grad=True")
+        grad = grad_codebook * codebook_grad if grad is None else grad + grad_codebook * codebook_grad
+    return None if grad is None else grad.to(z.dtype), None, None, None, None
+
+
+torch.library.register_autograd(qualname("lfq_entropy_tiled"), tiled_backward, setup_context=tiled_setup, lib=lib)
 torch.library.register_autograd(qualname("lfq_quantize"), quantize_backward, setup_context=quantize_setup, lib=lib)
 torch.library.register_autograd(
     qualname("lfq_entropy"),

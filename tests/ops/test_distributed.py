@@ -1,5 +1,7 @@
-"""lfq_entropy(group=...) over real gloo process groups: the codebook entropy of the concatenated batch."""
+"""lfq_entropy(group=...) over real gloo process groups: the codebook entropy of the concatenated batch (K = 10: the
+average all-reduced; K = 22: the tiled path over the all-gathered latents)."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -21,10 +23,11 @@ def _worker(rank: int, init_file: str, z_full: torch.Tensor, sizes: list[int], o
         dist.destroy_process_group()
 
 
-def test_global_codebook_entropy_two_ranks(tmp_path):
+@pytest.mark.parametrize("k", [10, 22], ids=lambda k: f"K{k}")
+def test_global_codebook_entropy_two_ranks(tmp_path, k):
     torch.manual_seed(0)
     sizes = [37, 91]  # unequal shards: the global average weights tokens, not ranks
-    z_full = torch.randn(sum(sizes), 10, dtype=torch.float64) * 0.2
+    z_full = torch.randn(sum(sizes), k, dtype=torch.float64) * 0.2
     manager = mp.Manager()
     out = manager.dict()
     mp.spawn(_worker, args=(str(tmp_path / "init"), z_full, sizes, out), nprocs=WORLD, join=True)

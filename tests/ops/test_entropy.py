@@ -151,3 +151,147 @@ def test_compile_fullgraph():
     assert torch.equal(idx, ref_idx)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(z.grad, z2.grad)
+
+
+# --- the tiled path (K <= 32 without the 2^K average) -----------------------------------------------------------------
+
+
+def tiled(z: torch.Tensor, t: float, eps: float, tile: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per_sample, codebook) of the tiled op, differentiable w.r.t. z."""
+    ps, cb, _ = torch.ops.magvit2.lfq_entropy_tiled.default(z, t, eps, z.requires_grad, tile)
+    return ps, cb
+
+
+def factorized_float64(z: torch.Tensor, t: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factorized form written out in float64 with the whole average M = P_A^T P_B / N, autograd for the
+    gradient (independent of the kernels' tiles and hand-written gradient)."""
+    x = 4 * t * z.double()
+    q1, q0 = torch.sigmoid(x), torch.sigmoid(-x)
+    ka = (z.shape[1] + 1) // 2
+    per_sample = -(q1 * torch.log(q1) + q0 * torch.log(q0)).nan_to_num().sum(1).mean()
+    p_a = reference.bit_group_probs(q0[:, :ka], q1[:, :ka])
+    p_b = reference.bit_group_probs(q0[:, ka:], q1[:, ka:])
+    m = p_a.t() @ p_b / z.shape[0]
+    return per_sample, -torch.xlogy(m, m + eps).sum()
+
+
+@pytest.mark.parametrize("tile", [1, 3, 8], ids=lambda t: f"tile{t}")
+@pytest.mark.parametrize("eps", [0.0, 1e-5], ids=lambda e: f"eps{e}")
+@pytest.mark.parametrize("k", [1, 2, 5, 10, 13], ids=lambda k: f"K{k}")
+def test_tiled_brute_force(k, eps, tile):
+    """Tiles of 1 and 3 entries leave ragged edges; 8 divides the widths. Value and gradient against autograd of the
+    naive softmax over every code."""
+    z = (torch.randn(9, k, dtype=torch.float64) * 0.1).requires_grad_()
+    ps, cb = tiled(z, 10.0, eps, tile)
+    bf_ps, bf_cb = brute_force(z, 10.0, eps)
+    torch.testing.assert_close(ps, bf_ps, rtol=1e-9, atol=0)
+    torch.testing.assert_close(cb, bf_cb, rtol=1e-9, atol=0)
+    if k <= 10:
+        (g,) = torch.autograd.grad(0.7 * ps - cb, z)
+        (g_bf,) = torch.autograd.grad(0.7 * bf_ps - bf_cb, z)
+        torch.testing.assert_close(g, g_bf, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5], ids=lambda e: f"eps{e}")
+@pytest.mark.parametrize("tile", [0, 5], ids=lambda t: f"tile{t}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k", [4, 11, 16], ids=lambda k: f"K{k}")
+def test_tiled_equals_whole_average(k, dtype, tile, eps):
+    """The tiled op and the whole-average op compute the same thing: values and gradients, every dtype (the float32
+    kernel takes its own vectorized log; eps = 0 also takes its clamp at the smallest normal)."""
+    z = (torch.randn(37, k) * 0.05).to(dtype).requires_grad_()
+    z2 = z.detach().clone().requires_grad_()
+    ps, cb = tiled(z, 100.0, eps, tile)
+    ps2, cb2, _ = torch.ops.magvit2.lfq_entropy.default(z2, 100.0, eps)
+    tol = {"rtol": 1e-10, "atol": 0} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 0}
+    torch.testing.assert_close(ps, ps2, **tol)
+    torch.testing.assert_close(cb, cb2, **tol)
+    (ps - 2 * cb).backward()
+    (ps2 - 2 * cb2).backward()
+    assert z.grad.dtype == dtype
+    scale = z2.grad.double().abs().max().item()
+    torch.testing.assert_close(
+        z.grad.double(), z2.grad.double(), rtol=0, atol=1e-4 * scale if dtype != torch.float64 else 1e-10 * scale
+    )
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5], ids=lambda e: f"eps{e}")
+@pytest.mark.parametrize("k,tile", [(3, 1), (6, 3), (7, 4)], ids=lambda v: str(v))
+def test_tiled_gradcheck(k, tile, eps):
+    z = (torch.randn(6, k, dtype=torch.float64) * 0.5).requires_grad_()
+    for combine in (lambda ps, cb: ps, lambda ps, cb: cb, lambda ps, cb: 0.3 * ps - 1.7 * cb):
+        assert torch.autograd.gradcheck(lambda x, f=combine: f(*tiled(x, 2.0, eps, tile)), (z,))
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("k", [19, 20, 22, 24], ids=lambda k: f"K{k}")
+def test_large_codebooks_equal_float64_factorized(k):
+    """float32 through ops.lfq_entropy (K > 20: the tiled path; K <= 20 on the tiled op as well) against the float64
+    factorized form: values within 1e-5, the gradient of each term within 1e-4 (relative). Each term separately:
+    in ps - cb the two gradients nearly cancel at t = 100, so the difference carries float32's rounding of each
+    term amplified (about 2e-4 relative here, the whole-average kernel alike)."""
+    torch.manual_seed(k)
+    z = torch.randn(64, k) * 0.05
+    z64 = z.double().requires_grad_()
+    want = factorized_float64(z64, 100.0, 1e-5)
+    want_grads = [torch.autograd.grad(w, z64, retain_graph=True)[0] for w in want]
+    paths = [lambda x: ops.lfq_entropy(x, 100.0, 1e-5)] + ([lambda x: tiled(x, 100.0, 1e-5)] if k <= 20 else [])
+    for path in paths:
+        x = z.clone().requires_grad_()
+        got = path(x)
+        for value, grad_of, want_value, want_grad in zip(got, got, want, want_grads, strict=True):
+            assert abs(value.item() - want_value.item()) <= 1e-5 * abs(want_value.item())
+            (grad,) = torch.autograd.grad(grad_of, x, retain_graph=True)
+            assert relative_error(grad, want_grad) <= 1e-4
+            assert (grad.double() - want_grad).abs().max() <= 1e-4 * want_grad.abs().max()
+
+
+def test_tiled_without_grad_returns_no_gradient_table():
+    z = torch.randn(10, 22) * 0.05
+    ps, cb, codebook_grad = torch.ops.magvit2.lfq_entropy_tiled.default(z, 100.0, 1e-5, False, 0)
+    assert codebook_grad.shape == (0, 22)
+    with torch.no_grad():
+        assert torch.equal(ops.lfq_entropy(z.requires_grad_(), 100.0, 1e-5).codebook_entropy, cb)
+
+
+def test_tiled_per_sample_gradient_alone():
+    z = (torch.randn(12, 21, dtype=torch.float64) * 0.05).requires_grad_()
+    ps, _ = ops.lfq_entropy(z, 100.0, 1e-5)
+    (g,) = torch.autograd.grad(ps, z)
+    want_ps, _ = factorized_float64(z, 100.0, 1e-5)
+    (want,) = torch.autograd.grad(want_ps, z)
+    torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-12)
+
+
+TILED_OPCHECK_INPUTS = [
+    lambda: ((torch.randn(17, 7, dtype=torch.float64) * 0.3).requires_grad_(), 2.0, 1e-5, True, 3),
+    lambda: ((torch.randn(17, 10) * 0.3).requires_grad_(), 100.0, 0.0, True, 0),
+    lambda: (torch.randn(17, 9) * 0.3, 100.0, 1e-5, False, 4),
+]
+
+
+@pytest.mark.parametrize("make", TILED_OPCHECK_INPUTS, ids=["f64-tile3", "f32-grad", "f32-nograd"])
+def test_opcheck_tiled(make):
+    torch.library.opcheck(torch.ops.magvit2.lfq_entropy_tiled.default, make())
+
+
+def test_compile_fullgraph_tiled():
+    """K = 21 takes the tiled op inside a compiled graph: same loss and gradient as eager."""
+
+    def loss_fn(z):
+        ps, cb = ops.lfq_entropy(z, 100.0, 1e-5)
+        return ps - 2 * cb
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    z = (torch.randn(33, 21) * 0.05).requires_grad_()
+    z2 = z.detach().clone().requires_grad_()
+    loss = compiled(z)
+    loss.backward()
+    ref_loss = loss_fn(z2)
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(z.grad, z2.grad)

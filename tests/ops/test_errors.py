@@ -33,7 +33,8 @@ Z = torch.randn(8, 18)
         (lambda: ops.lfq_entropy(Z, float("inf")), ValueError, r"inv_temperature"),
         (lambda: ops.lfq_entropy(Z, 100.0, -1e-5), ValueError, r"eps"),
         (lambda: ops.lfq_entropy(Z, 100.0, float("nan")), ValueError, r"eps"),
-        (lambda: ops.lfq_entropy(torch.randn(4, 25)), ValueError, r"K <= 24"),
+        (lambda: ops.lfq_entropy(torch.randn(4, 33)), ValueError, r"K = 33 .* K <= 32"),
+        (lambda: ops.lfq_codebook_average(torch.randn(4, 25)), ValueError, r"K = 25 .* K <= 24"),
         (lambda: ops.lfq_codebook_average(Z, 0.0), ValueError, r"inv_temperature"),
     ],
     ids=lambda v: None if callable(v) or isinstance(v, type) else v[:24],
@@ -55,6 +56,8 @@ def test_python_api(call, exc, match):
         (lambda: torch.ops.magvit2.lfq_entropy(Z, -1.0, 0.0), r"inv_temperature must be a finite number > 0"),
         (lambda: torch.ops.magvit2.lfq_entropy(Z, 1.0, -1.0), r"eps must be a finite number >= 0"),
         (lambda: torch.ops.magvit2.lfq_entropy(torch.randn(2, 30), 1.0, 0.0), r"K <= 24"),
+        (lambda: torch.ops.magvit2.lfq_entropy_tiled(torch.randn(2, 33), 1.0, 0.0, True, 0), r"K <= 32"),
+        (lambda: torch.ops.magvit2.lfq_entropy_tiled(Z, 1.0, 0.0, True, -1), r"tile must be >= 0"),
         (
             lambda: torch.ops.magvit2.lfq_entropy_backward(
                 torch.tensor(1.0), torch.tensor(1.0), None, Z, torch.zeros(4, 4), 1.0, 0.0

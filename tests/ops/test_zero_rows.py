@@ -27,6 +27,10 @@ zg = torch.zeros(0, 6, device=device, requires_grad=True)
 ps, cb = ops.lfq_entropy(zg, 10.0, 1e-5)
 (ps - cb).backward()
 out["lfq_entropy"] = [ps.item(), abs(cb.item()), list(zg.grad.shape)]
+zt = torch.zeros(0, 22, device=device, requires_grad=True)  # K > 20: the tiled path
+ps, cb = ops.lfq_entropy(zt, 10.0, 1e-5)
+(ps - cb).backward()
+out["lfq_entropy_tiled"] = [ps.item(), abs(cb.item()), list(zt.grad.shape)]
 logits = torch.zeros(0, 10, device=device)
 out["sample_tokens"] = [list(ops.sample_tokens(logits, top_k=3, top_p=0.9).shape),
                         list(ops.sample_tokens(logits, uncond=logits, cfg_scale=2.0).shape)]
@@ -60,6 +64,7 @@ def test_every_op_takes_zero_rows(device, backend):
     assert out["serving"]["lfq_quantize"] == backend
     assert out["lfq_quantize"] == [[0, 18], [0], [[0], [0]]]
     assert out["lfq_entropy"] == [0.0, 0.0, [0, 6]]
+    assert out["lfq_entropy_tiled"] == [0.0, 0.0, [0, 22]]
     assert out["sample_tokens"] == [[0], [0]]
     if device == "cpu":
         assert out["serving"]["decode_block"] == out["serving"]["decode_logits"] == backend

@@ -32,10 +32,10 @@ RANGE_TOLERANCE = 1e-3  # inputs are x / 127.5 - 1; anything past this is a scal
 
 # Upper bounds of the architecture fields, far above every released model (ch 128, ch_mult up to 4, 4 blocks,
 # z_channels 18): a mistyped value (z_channels: 1e12) is an error naming the field, not a huge allocation or a hang.
-# z_channels <= 30: the LFQ entropy runs over all 2^z_channels codes.
+# z_channels <= 32: the LFQ entropy runs over all 2^z_channels codes (tiled past 2^20, ops.lfq_entropy), int64 indices.
 MAX_WIDTH = 8192  # ch * ch_mult[i]
-ARCH_BOUNDS = {"ch": (1, 4096), "num_res_blocks": (1, 64), "z_channels": (1, 30), "in_channels": (1, 64),
-               "out_ch": (1, 64), "resolution": (1, 2**16), "codebook_size": (2, 2**30)}  # fmt: skip
+ARCH_BOUNDS = {"ch": (1, 4096), "num_res_blocks": (1, 64), "z_channels": (1, 32), "in_channels": (1, 64),
+               "out_ch": (1, 64), "resolution": (1, 2**16), "codebook_size": (2, 2**32)}  # fmt: skip
 FLOAT_FIELDS = ("entropy_weight", "commitment_weight", "inv_temperature", "sample_minimization_weight",
                 "batch_maximization_weight", "log_eps")  # fmt: skip
 

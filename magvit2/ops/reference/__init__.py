@@ -6,6 +6,7 @@ Tests and benchmarks import these to check and measure the compiled backends (C+
 from magvit2.ops.reference.ar_decode import decode_block, decode_logits
 from magvit2.ops.reference.lfq import (
     binary_entropy_from_logits,
+    bit_grad,
     bit_group_probs,
     codebook_entropy,
     codebook_entropy_grad,
@@ -14,14 +15,17 @@ from magvit2.ops.reference.lfq import (
     lfq_entropy,
     lfq_entropy_backward,
     lfq_entropy_naive,
+    lfq_entropy_tiled,
     lfq_quantize,
     opmath_dtype,
+    per_sample_entropy_grad,
     split_bits,
 )
 from magvit2.ops.reference.sampling import exp_det, sample_tokens, uniform
 
 __all__ = [
     "binary_entropy_from_logits",
+    "bit_grad",
     "bit_group_probs",
     "codebook_entropy",
     "codebook_entropy_grad",
@@ -33,8 +37,10 @@ __all__ = [
     "lfq_entropy",
     "lfq_entropy_backward",
     "lfq_entropy_naive",
+    "lfq_entropy_tiled",
     "lfq_quantize",
     "opmath_dtype",
+    "per_sample_entropy_grad",
     "sample_tokens",
     "split_bits",
     "uniform",

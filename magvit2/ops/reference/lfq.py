@@ -133,6 +133,67 @@ def lfq_entropy_backward(
     return grad.to(z.dtype)
 
 
+def per_sample_entropy_grad(z: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    """d per_sample / dz (N, K) in the entropy dtype: the per-sample term's gradient, elementwise (both paths)."""
+    n = z.shape[0]
+    scale = 4.0 * inv_temperature
+    x = scale * z.to(opmath_dtype(z.dtype))
+    w = torch.sigmoid(x) * torch.sigmoid(-x)
+    # d H_b(sigmoid(x)) / dx = -x s (1 - s): 0 at |x| = inf, NaN stays NaN.
+    return torch.where(w == 0, torch.zeros_like(w), -x * w) * (scale / max(n, 1))
+
+
+TILE_EDGE = 2048  # the C++ kernel's default tile edge of M (tile = 0)
+
+
+def lfq_entropy_tiled(
+    z: torch.Tensor, inv_temperature: float, eps: float, need_grad: bool, tile: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tiled path: per-sample and codebook entropy without the 2^K average, K <= 32.
+
+    M = P_A^T P_B / N is taken in (tile x tile) blocks (tile = 0: TILE_EDGE); each block adds its
+    -sum M log(M + eps) (in float64) and, with `need_grad`, its D = dH/dM / N to dH/dP_A = P_B D^T and
+    dH/dP_B = P_A D. Returns (per_sample, codebook, codebook_grad) with codebook_grad = d codebook / dz (N, K) in
+    the entropy dtype, or an empty (0, K) tensor without `need_grad`. Memory O(N 2^ceil(K/2) + tile^2).
+    """
+    n, k = z.shape
+    dtype = opmath_dtype(z.dtype)
+    ka, kb = split_bits(k)
+    edge = tile if tile > 0 else TILE_EDGE
+    ta, tb = min(2**ka, edge), min(2**kb, edge)
+    x = 4.0 * inv_temperature * z.to(dtype)
+    per_sample = binary_entropy_from_logits(x).sum(1).sum(dtype=torch.float64) / max(n, 1)
+    prob_a, prob_b = group_probs(x)
+    inv_n = 1.0 / max(n, 1)
+    total = torch.zeros((), dtype=torch.float64, device=z.device)
+    g_a = torch.zeros_like(prob_a) if need_grad else None
+    g_b = torch.zeros_like(prob_b) if need_grad else None
+    for a0 in range(0, 2**ka, ta):
+        for b0 in range(0, 2**kb, tb):
+            m = prob_a[:, a0 : a0 + ta].t() @ prob_b[:, b0 : b0 + tb] * inv_n  # (ta, tb) tile of M
+            total -= torch.xlogy(m, m + eps).sum(dtype=torch.float64)
+            if need_grad:
+                d = codebook_entropy_grad(m, eps) * inv_n
+                g_a[:, a0 : a0 + ta] += prob_b[:, b0 : b0 + tb] @ d.t()
+                g_b[:, b0 : b0 + tb] += prob_a[:, a0 : a0 + ta] @ d
+    if not need_grad:
+        return per_sample.to(dtype), total.to(dtype), x.new_zeros((0, k))
+    grad = 4.0 * inv_temperature * bit_grad(x, g_a * prob_a, g_b * prob_b)
+    return per_sample.to(dtype), total.to(dtype), grad
+
+
+def bit_grad(x: torch.Tensor, g_a: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
+    """dL/dlog P_A (N, 2^Ka), dL/dlog P_B (N, 2^Kb) -> dL/dx (N, K) through the bit probabilities of x."""
+    ka, kb = g_a.shape[1].bit_length() - 1, g_b.shape[1].bit_length() - 1
+    bits_a = index_to_bits(ka, device=x.device, dtype=x.dtype)
+    bits_b = index_to_bits(kb, device=x.device, dtype=x.dtype)
+    # dL/dlog q_i(1) sums g over the indices whose bit i is set, dL/dlog q_i(0) over the others.
+    d1 = torch.cat([g_a @ bits_a, g_b @ bits_b], dim=1)
+    d0 = torch.cat([g_a.sum(1, keepdim=True) - g_a @ bits_a, g_b.sum(1, keepdim=True) - g_b @ bits_b], dim=1)
+    s1, s0 = torch.sigmoid(x), torch.sigmoid(-x)
+    return d1 * s0 - d0 * s1
+
+
 def lfq_entropy_naive(
     z: torch.Tensor, inv_temperature: float = 100.0, eps: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor]:

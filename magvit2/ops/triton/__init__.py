@@ -28,8 +28,10 @@ from magvit2.ops._library import (
     lib,
     quantize_backward,
     quantize_setup,
+    tiled_backward,
+    tiled_setup,
 )
-from magvit2.ops.triton import entropy, lfq, sampling
+from magvit2.ops.triton import entropy, entropy_tiled, lfq, sampling
 from magvit2.ops.triton._common import INTERPRET, device_guard
 
 VERSION = triton.__version__
@@ -59,6 +61,10 @@ COVERAGE: dict[str, Coverage] = {
             z.dtype in ENTROPY_DTYPES and avg.dtype == torch.float32
         ),
     ),
+    "lfq_entropy_tiled": Coverage(
+        "float16/bfloat16/float32 (float64: reference), K <= 32",
+        lambda z, inv_temperature, eps, need_grad, tile: z.dtype in ENTROPY_DTYPES,
+    ),
     "sample_tokens": Coverage(
         "every float dtype, vocabulary < 2^31",
         lambda logits, *args: logits.shape[-1] < 2**31,
@@ -69,6 +75,7 @@ KERNELS = {
     "lfq_quantize": lfq.lfq_quantize,
     "lfq_entropy": entropy.lfq_entropy,
     "lfq_entropy_backward": entropy.lfq_entropy_backward,
+    "lfq_entropy_tiled": entropy_tiled.lfq_entropy_tiled,
     "sample_tokens": sampling.sample_tokens,
 }
 REFERENCE = {op: getattr(reference, op) for op in KERNELS}
@@ -98,9 +105,11 @@ def _define(op: str):
 lfq_quantize_op = _define("lfq_quantize")
 lfq_entropy_op = _define("lfq_entropy")
 lfq_entropy_backward_op = _define("lfq_entropy_backward")
+lfq_entropy_tiled_op = _define("lfq_entropy_tiled")
 sample_tokens_op = _define("sample_tokens")
 lfq_quantize_op.register_autograd(quantize_backward, setup_context=quantize_setup)
 lfq_entropy_op.register_autograd(entropy_backward_through(lfq_entropy_backward_op), setup_context=entropy_setup)
+lfq_entropy_tiled_op.register_autograd(tiled_backward, setup_context=tiled_setup)
 
 _REGISTERED_CUDA: set[str] = set()
 
@@ -121,4 +130,15 @@ def registered() -> set[str]:
     return set(_REGISTERED_CUDA)
 
 
-__all__ = ["COVERAGE", "INTERPRET", "KERNELS", "VERSION", "entropy", "lfq", "register_cuda", "registered", "sampling"]
+__all__ = [
+    "COVERAGE",
+    "INTERPRET",
+    "KERNELS",
+    "VERSION",
+    "entropy",
+    "entropy_tiled",
+    "lfq",
+    "register_cuda",
+    "registered",
+    "sampling",
+]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magvit2 import Tokenizer, TokenizerConfig
+from magvit2 import Tokenizer, TokenizerConfig, ops
 
 LARGE = {
     "open-magvit2-256-L": dict(
@@ -297,3 +297,39 @@ def test_config_and_presets():
         TokenizerConfig.from_dict({"ch": 32, "dropout": 0.1})
     tiny = Tokenizer.from_preset("tiny", entropy_weight=0.0)
     assert tiny.quantizer.entropy_weight == 0.0 and tiny.config.ch == 32
+
+
+def test_tiny_tokenizer_with_a_2_24_codebook_trains():
+    """A 2^24 codebook (K = 24: the tiled entropy, never the 2^24 average) trains end to end: finite gradients in
+    every parameter, the entropy terms equal the float64 values on the same tokens, int64 indices that decode back
+    to the quantized latents, and the steps lower the loss."""
+    torch.manual_seed(0)
+    model = Tokenizer.from_preset("tiny", z_channels=24, codebook_size=2**24).train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(4):
+        out = model(x)
+        loss = (out.reconstruction - x).abs().mean() + out.lfq.loss
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    with torch.no_grad():
+        latents = model.encoder(x)
+        tokens = latents.permute(0, 2, 3, 1).reshape(-1, 24)  # (B h w, K)
+        want = ops.lfq_entropy(tokens.double(), model.config.inv_temperature, model.config.log_eps)
+        out = model(x)
+    assert out.lfq.indices.dtype == torch.int64 and int(out.lfq.indices.max()) < 2**24
+    torch.testing.assert_close(out.lfq.codebook_entropy.double(), want.codebook_entropy, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.lfq.per_sample_entropy.double(), want.per_sample_entropy, rtol=1e-5, atol=0)
+    assert torch.equal(model.quantizer.indices_to_codes(out.lfq.indices), out.lfq.quantized)
+
+
+def test_config_takes_codebooks_up_to_2_32():
+    cfg = TokenizerConfig(ch=32, ch_mult=[1, 2], z_channels=32, codebook_size=2**32, factorized_bits=[16, 16])
+    assert cfg.codebook_size == 2**32
+    with pytest.raises(ValueError, match="z_channels"):
+        TokenizerConfig(z_channels=33, codebook_size=2**33)
