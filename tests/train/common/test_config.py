@@ -77,7 +77,7 @@ TOKENIZER_CASES = [
     ("model.z_channels=1e12", "model.z_channels must be an int"),
     ("model.entropy_weight=x", "model.entropy_weight must be a finite number"),
     ("model.force_fp32=2", "model.force_fp32 must be true or false"),
-    ("model.z_channels=40", r"z_channels must be an int in \[1, 30\], got 40"),
+    ("model.z_channels=40", r"z_channels must be an int in \[1, 32\], got 40"),
     ("model.ch=8192", r"ch must be an int in \[1, 4096\], got 8192"),
     ("model.num_res_blocks=1000", r"num_res_blocks must be an int in \[1, 64\], got 1000"),
     ("model.ch_mult=[1,1,1,1,1,1,1,1,1]", "ch_mult must be 1 to 8 positive ints"),
@@ -125,8 +125,8 @@ def test_ar_config_errors_name_the_field(override, message):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("z_channels", 1e12, r"TokenizerConfig.z_channels must be an int in \[1, 30\], got 1000000000000.0"),
-     ("z_channels", 10**12, r"TokenizerConfig.z_channels must be an int in \[1, 30\]"),
+    [("z_channels", 1e12, r"TokenizerConfig.z_channels must be an int in \[1, 32\], got 1000000000000.0"),
+     ("z_channels", 10**12, r"TokenizerConfig.z_channels must be an int in \[1, 32\]"),
      ("ch", 10**9, r"TokenizerConfig.ch must be an int in \[1, 4096\]"),
      ("ch_mult", [1, "2"], "TokenizerConfig.ch_mult must be a list of ints")],
 )  # fmt: skip
