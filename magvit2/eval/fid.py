@@ -3,10 +3,10 @@
 Features come from magvit2/eval/inception.py (rFID of a tokenizer: originals vs reconstructions).
 
 Example:
-    >>> net = InceptionV3FID.from_file("pt_inception-2015-12-05-6726825d.pth").eval()
-    >>> real, fake = FeatureStats(), FeatureStats()
-    >>> real.update(net(images)); fake.update(net(reconstructions))   # images in [-1, 1]
-    >>> frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+    >>> net = InceptionV3FID.from_file("pt_inception-2015-12-05-6726825d.pth").eval()  # doctest: +SKIP
+    >>> real, fake = FeatureStats(), FeatureStats()  # doctest: +SKIP
+    >>> real.update(net(images)); fake.update(net(reconstructions))  # images in [-1, 1]  # doctest: +SKIP
+    >>> frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)  # doctest: +SKIP
 """
 
 from __future__ import annotations

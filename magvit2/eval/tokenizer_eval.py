@@ -6,12 +6,13 @@ pool3 features of the originals and of the reconstructions; utilisation = distin
 One difference: the official script averages PSNR / SSIM per batch and then over batches; we average over images,
 which is the same number when every batch is full and does not depend on the batch size when the last one is not.
 
-Example:
-    >>> model = Tokenizer.from_pretrained("ckpt/").eval()
-    >>> loader = DataLoader(ImageFiles(files, size=256, multiple_of=16), batch_size=8, collate_fn=ImageFiles.collate)
-    >>> batches = ReadableBatches(loader)  # (images, ids) of the files that decode; the others in batches.skipped
-    >>> metrics = evaluate_tokenizer(model, batches, inception=InceptionV3FID.from_file(path), device="cuda")
-    >>> write_report(metrics, metrics.counts, "eval_out/")
+Example (needs a model folder, image files and the Inception weights, so not run as a doctest):
+
+    model = Tokenizer.from_pretrained("ckpt/").eval()
+    loader = DataLoader(ImageFiles(files, size=256, multiple_of=16), batch_size=8, collate_fn=ImageFiles.collate)
+    batches = ReadableBatches(loader)  # (images, ids) of the files that decode; the others in batches.skipped
+    metrics = evaluate_tokenizer(model, batches, inception=InceptionV3FID.from_file(path), device="cuda")
+    write_report(metrics, metrics.counts, "eval_out/")
 """
 
 from __future__ import annotations
