@@ -116,12 +116,16 @@ def scan_images(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[st
     return good, bad
 
 
+def first_reasons(reasons: Sequence[str], show: int = 5) -> str:
+    """The first `show` reasons joined by "; ", and "; ..." when there are more (for one-line skip messages)."""
+    return "; ".join(reasons[:show]) + ("; ..." if len(reasons) > show else "")
+
+
 def skipped_summary(count: int, skipped: Sequence[str], *, show: int = 5) -> str:
     """ "N images, M skipped (unreadable): <the first `show` reasons>" (or "N images" when none was skipped)."""
     if not skipped:
         return f"{count} images"
-    first = "; ".join(skipped[:show]) + ("; ..." if len(skipped) > show else "")
-    return f"{count} images, {len(skipped)} skipped (unreadable): {first}"
+    return f"{count} images, {len(skipped)} skipped (unreadable): {first_reasons(skipped, show)}"
 
 
 def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[Path]:
@@ -130,7 +134,7 @@ def usable_images(paths: Sequence[str | os.PathLike], *, show: int = 5) -> list[
     training (see `load_or_next`), skipped and counted in encoding and evaluation (`ImageFiles`).
     Raises ValueError when no path is usable."""
     good, bad = scan_images(paths)
-    first = "; ".join(bad[:show]) + ("; ..." if len(bad) > show else "")
+    first = first_reasons(bad, show)
     if bad:
         warnings.warn(f"skipped {len(bad)} of {len(paths)} image files that cannot be read: {first}", stacklevel=2)
     if not good:

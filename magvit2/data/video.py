@@ -29,7 +29,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from magvit2.data.images import IMAGE_EXTENSIONS, MAX_ASPECT, MAX_PIXELS, UnreadableImage, folder_labels, open_rgb
+from magvit2.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_ASPECT,
+    MAX_PIXELS,
+    UnreadableImage,
+    first_reasons,
+    folder_labels,
+    open_rgb,
+    resize_shorter,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif", ".m4v")
 
@@ -171,7 +180,7 @@ def usable_videos(paths: Sequence[str | os.PathLike], *, min_frames: int = 1, sh
             bad.append(f"{info.path}: {info.frames} frames, a clip needs {min_frames}")
         else:
             good.append(info)
-    first = "; ".join(bad[:show]) + ("; ..." if len(bad) > show else "")
+    first = first_reasons(bad, show)
     if bad:
         warnings.warn(f"skipped {len(bad)} of {len(paths)} videos (unreadable or too short): {first}", stacklevel=2)
     if not good:
@@ -184,14 +193,12 @@ def _resize_crop(frames: np.ndarray, size: int, top_left: tuple[float, float]) -
     size x size crop at fractions `top_left` of the free room (0.5, 0.5: centred)."""
     from PIL import Image
 
-    h, w = frames.shape[1:3]
-    new_w, new_h = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
-    top = round((new_h - size) * top_left[0])
-    left = round((new_w - size) * top_left[1])
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
     for k, frame in enumerate(frames):
-        img = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
-        out[k] = np.asarray(img)[top : top + size, left : left + size]
+        img = np.asarray(resize_shorter(Image.fromarray(frame), size))
+        top = round((img.shape[0] - size) * top_left[0])
+        left = round((img.shape[1] - size) * top_left[1])
+        out[k] = img[top : top + size, left : left + size]
     return out
 
 
